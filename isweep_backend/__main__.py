@@ -1,0 +1,49 @@
+"""CLI: parse flags and ISWEEP_* env into Settings, build the app, run it."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import structlog
+from aiohttp import web
+
+from .app import create_app
+from .errors import ModelNotFound
+from .logging import configure_logging
+from .models import resolve_model
+from .settings import load_settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = load_settings(argv)
+    except ValueError as exc:
+        print(f"isweep-backend: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    log = structlog.get_logger("isweep_backend")
+    try:
+        # Fail fast, before binding, on a model that cannot be found; loading happens later.
+        if settings.model != "base":
+            resolve_model(settings.model)
+    except ModelNotFound as exc:
+        log.error("model_not_found", model=settings.model, reason=str(exc))
+        return 2
+    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening_beyond_loopback", host=settings.host,
+                    hint="anyone who can reach this address can use the service")
+    log.info("starting", host=settings.host, port=settings.port, model=settings.model)
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        access_log=None,
+        shutdown_timeout=15.0,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,305 @@
+"""Per-session streaming decoder: blobs of a WebM/Ogg Opus stream, or whole files, to 16 kHz
+mono float32 PCM, gapless across blobs (PyAV does the codec and resampling work).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import av
+import numpy as np
+
+from .errors import UndecodableAudio
+from .ogg import OGG_MAGIC, OggOpusDemuxer, OggPacket, OggResynced, OggStreamStarted
+from .ringbuffer import Pcm
+from .webm import EBML_MAGIC, AudioTrack, Frame, Resynced, StreamStarted, WebmDemuxer
+
+SAMPLE_RATE = 16_000
+OPUS_RATE = 48_000
+# A gap longer than this is not filled with silence: it is more likely a clock jump.
+MAX_GAP_FILL_SECONDS = 30.0
+EMPTY: Pcm = np.zeros(0, dtype=np.float32)
+
+_WHOLE_FILE_MAGICS = (b"RIFF", b"ID3", b"fLaC", b"FORM")
+
+
+def starts_stream(blob: bytes) -> bool:
+    """True if the blob opens a new WebM or Ogg stream (it carries the container header)."""
+    return blob.startswith(EBML_MAGIC) or blob.startswith(OGG_MAGIC)
+
+
+def looks_like_whole_file(blob: bytes) -> bool:
+    return (
+        blob.startswith(_WHOLE_FILE_MAGICS)
+        or blob[4:8] == b"ftyp"
+        or (len(blob) > 1 and blob[0] == 0xFF and blob[1] & 0xE0 == 0xE0)
+    )
+
+
+@dataclass
+class DecodeResult:
+    """What one blob yielded: PCM to append, and what happened on the way."""
+
+    pcm: Pcm = field(default_factory=lambda: EMPTY)
+    restarted: bool = False  # a new container stream began inside a running session
+    resynced_bytes: int = 0  # bytes thrown away to find the next parsable point
+    gap_fill_samples: int = 0  # silence inserted for audio lost to a skipped seq
+
+
+def frame_to_mono(frame: Any) -> Pcm:
+    """Average the channels of any PyAV audio frame into mono float32 in [-1, 1].
+
+    Averaging (not a resampler's downmix) keeps a full-scale stereo signal at full scale.
+    """
+    array = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    if not frame.format.is_planar:
+        array = array.reshape(-1, channels).T
+    kind = array.dtype
+    if kind == np.int16:
+        array = array.astype(np.float32) / 32768.0
+    elif kind == np.int32:
+        array = array.astype(np.float32) / 2147483648.0
+    elif kind == np.uint8:
+        array = (array.astype(np.float32) - 128.0) / 128.0
+    mono = array.astype(np.float32).mean(axis=0) if channels > 1 else array[0]
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+class MonoResampler:
+    """One persistent libswresample state: mono float32 at `rate` to 16 kHz, no seams."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._pts = 0
+        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+
+    def resample(self, mono: Pcm) -> Pcm:
+        if mono.size == 0:
+            return EMPTY
+        if self.rate == SAMPLE_RATE:
+            return mono
+        frame = av.AudioFrame.from_ndarray(mono.reshape(1, -1), format="flt", layout="mono")
+        frame.sample_rate = self.rate
+        frame.time_base = Fraction(1, self.rate)
+        frame.pts = self._pts
+        self._pts += mono.size
+        return _frames_to_pcm(self._resampler.resample(frame))
+
+    def flush(self) -> Pcm:
+        if self.rate == SAMPLE_RATE:
+            return EMPTY
+        return _frames_to_pcm(self._resampler.resample(None))
+
+
+def _frames_to_pcm(frames: list[Any]) -> Pcm:
+    parts = [f.to_ndarray().reshape(-1) for f in frames]
+    return np.concatenate(parts).astype(np.float32, copy=False) if parts else EMPTY
+
+
+class OpusFrameDecoder:
+    """Opus packets of one stream to mono 16 kHz PCM.
+
+    FFmpeg's decoder drops the OpusHead pre-skip itself (it reads it from the extradata), so
+    the first sample out is the first sample the recorder captured.
+    """
+
+    def __init__(self, extradata: bytes, channels: int) -> None:
+        self._codec = av.CodecContext.create("opus", "r")
+        if extradata:
+            self._codec.extradata = extradata
+        self._codec.sample_rate = OPUS_RATE
+        self._codec.layout = "stereo" if channels >= 2 else "mono"
+        self._resampler = MonoResampler(OPUS_RATE)
+        self.decoded_48k_samples = 0
+
+    def decode(self, packet: bytes) -> Pcm:
+        try:
+            frames = self._codec.decode(av.Packet(packet))
+        except av.FFmpegError:
+            # One damaged packet is packet loss to Opus; the stream goes on.
+            return EMPTY
+        parts = []
+        for frame in frames:
+            mono = frame_to_mono(frame)
+            self.decoded_48k_samples += mono.size
+            parts.append(self._resampler.resample(mono))
+        return np.concatenate(parts) if parts else EMPTY
+
+    def flush(self) -> Pcm:
+        return self._resampler.flush()
+
+
+class SessionDecoder:
+    """Everything a session needs to turn its blobs, in seq order, into PCM."""
+
+    def __init__(self) -> None:
+        self._webm: WebmDemuxer | None = None
+        self._ogg: OggOpusDemuxer | None = None
+        self._opus: OpusFrameDecoder | None = None
+        self._expected_next_ns: int | None = None
+        self._after_gap = False
+        self._gap_estimate_samples = 0
+        self._stream_blobs = 0
+        self._stream_samples = 0
+        self.streams_started = 0
+
+    @property
+    def has_stream(self) -> bool:
+        return self._webm is not None or self._ogg is not None
+
+    def note_gap(self, missing_blobs: int) -> None:
+        """`missing_blobs` blobs will never come: resync, and fill the time they held.
+
+        The lost time is read from the stream's own timestamps where they survive the gap, and
+        otherwise estimated from the audio per blob seen so far in this stream.
+        """
+        if self._webm is not None:
+            self._webm.mark_discontinuity()
+        if self._ogg is not None:
+            self._ogg.mark_discontinuity()
+        self._after_gap = self.has_stream
+        per_blob = self._stream_samples / self._stream_blobs if self._stream_blobs else 0.0
+        self._gap_estimate_samples += round(missing_blobs * per_blob)
+
+    def decode(self, blob: bytes) -> DecodeResult:
+        result = self._decode(blob)
+        if not result.restarted and self.has_stream:
+            self._stream_blobs += 1
+            self._stream_samples += result.pcm.size - result.gap_fill_samples
+        return result
+
+    def _decode(self, blob: bytes) -> DecodeResult:
+        if blob.startswith(EBML_MAGIC):
+            return self._decode_stream_start(blob, ogg=False)
+        if blob.startswith(OGG_MAGIC):
+            return self._decode_stream_start(blob, ogg=True)
+        if self._webm is not None:
+            return self._feed_webm(blob)
+        if self._ogg is not None:
+            return self._feed_ogg(blob)
+        if looks_like_whole_file(blob):
+            return DecodeResult(pcm=decode_whole_file(blob))
+        raise UndecodableAudio(
+            "no_stream_header",
+            "continuation bytes arrived but this session has no stream header yet "
+            "(the first blob of a recording carries it)",
+        )
+
+    def _decode_stream_start(self, blob: bytes, ogg: bool) -> DecodeResult:
+        tail = self._close_stream()
+        restarted = self.streams_started > 0
+        self._after_gap = False
+        if ogg:
+            self._ogg = OggOpusDemuxer()
+            result = self._feed_ogg(blob)
+        else:
+            self._webm = WebmDemuxer()
+            result = self._feed_webm(blob)
+        result.pcm = np.concatenate([tail, result.pcm]) if tail.size else result.pcm
+        result.restarted = restarted
+        return result
+
+    def _close_stream(self) -> Pcm:
+        tail = self._opus.flush() if self._opus is not None else EMPTY
+        self._webm = None
+        self._ogg = None
+        self._opus = None
+        self._expected_next_ns = None
+        self._stream_blobs = 0
+        self._stream_samples = 0
+        self._gap_estimate_samples = 0
+        return tail
+
+    def _feed_webm(self, blob: bytes) -> DecodeResult:
+        assert self._webm is not None
+        result = DecodeResult()
+        parts: list[Pcm] = []
+        for event in self._webm.feed(blob):
+            if isinstance(event, StreamStarted):
+                self._start_opus_track(event.track)
+            elif isinstance(event, Resynced):
+                result.resynced_bytes += event.dropped_bytes
+            elif isinstance(event, Frame) and self._opus is not None:
+                parts.extend(self._decode_timed_frame(event.data, event.timestamp_ns, result))
+        result.pcm = np.concatenate(parts) if parts else EMPTY
+        return result
+
+    def _start_opus_track(self, track: AudioTrack) -> None:
+        if track.codec_id != "A_OPUS":
+            raise UndecodableAudio(
+                "unsupported_codec", f"WebM track codec {track.codec_id!r} is not Opus"
+            )
+        self.streams_started += 1
+        self._opus = OpusFrameDecoder(track.codec_private, track.channels or 2)
+
+    def _gap_fill(self, timestamp_ns: int | None, result: DecodeResult) -> list[Pcm]:
+        """Silence standing in for the audio lost before this frame, if a gap was noted."""
+        if not self._after_gap:
+            return []
+        self._after_gap = False
+        fill = self._gap_estimate_samples
+        self._gap_estimate_samples = 0
+        if timestamp_ns is not None and self._expected_next_ns is not None:
+            fill = round((timestamp_ns - self._expected_next_ns) * SAMPLE_RATE / 1e9)
+        if not 0 < fill <= MAX_GAP_FILL_SECONDS * SAMPLE_RATE:
+            return []
+        result.gap_fill_samples += fill
+        return [np.zeros(fill, dtype=np.float32)]
+
+    def _decode_timed_frame(
+        self, data: bytes, timestamp_ns: int | None, result: DecodeResult
+    ) -> list[Pcm]:
+        assert self._opus is not None
+        parts = self._gap_fill(timestamp_ns, result)
+        before = self._opus.decoded_48k_samples
+        parts.append(self._opus.decode(data))
+        produced = self._opus.decoded_48k_samples - before
+        if timestamp_ns is not None:
+            self._expected_next_ns = timestamp_ns + round(produced * 1e9 / OPUS_RATE)
+        elif self._expected_next_ns is not None:
+            self._expected_next_ns += round(produced * 1e9 / OPUS_RATE)
+        return parts
+
+    def _feed_ogg(self, blob: bytes) -> DecodeResult:
+        assert self._ogg is not None
+        result = DecodeResult()
+        parts: list[Pcm] = []
+        try:
+            events = self._ogg.feed(blob)
+        except ValueError as exc:
+            raise UndecodableAudio("corrupt_stream", f"Ogg stream is not Opus: {exc}") from exc
+        for event in events:
+            if isinstance(event, OggStreamStarted):
+                self.streams_started += 1
+                self._opus = OpusFrameDecoder(event.head.raw, event.head.channels)
+            elif isinstance(event, OggResynced):
+                result.resynced_bytes += event.dropped_bytes
+            elif isinstance(event, OggPacket) and self._opus is not None:
+                parts.extend(self._gap_fill(None, result))
+                parts.append(self._opus.decode(event.data))
+        result.pcm = np.concatenate(parts) if parts else EMPTY
+        return result
+
+
+def decode_whole_file(blob: bytes) -> Pcm:
+    """A self-contained file (WAV, MP3, M4A, FLAC, ...) to 16 kHz mono PCM."""
+    try:
+        with av.open(io.BytesIO(blob), mode="r") as container:
+            if not container.streams.audio:
+                raise UndecodableAudio("no_audio_stream", "the file has no audio stream")
+            stream = container.streams.audio[0]
+            resampler: MonoResampler | None = None
+            parts: list[Pcm] = []
+            for frame in container.decode(stream):
+                if resampler is None:
+                    resampler = MonoResampler(frame.sample_rate)
+                parts.append(resampler.resample(frame_to_mono(frame)))
+            if resampler is not None:
+                parts.append(resampler.flush())
+    except av.FFmpegError as exc:
+        raise UndecodableAudio("corrupt_file", f"could not decode the file: {exc}") from exc
+    return np.concatenate(parts) if parts else EMPTY

@@ -1,0 +1,36 @@
+"""Exceptions raised inside the pipeline; `api.py` alone turns them into HTTP answers."""
+
+from __future__ import annotations
+
+
+class IsweepError(Exception):
+    """Base of every error the pipeline raises on purpose."""
+
+
+class InvalidRequest(IsweepError):
+    """The request body is not a valid chunk (400)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class UndecodableAudio(IsweepError):
+    """A blob's bytes could not be turned into audio; the session keeps its other audio."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class SessionLimit(IsweepError):
+    """The service holds as many sessions as it may; a new one must retry later (503)."""
+
+
+class ModelNotReady(IsweepError):
+    """The model is still loading, or failed to load (503)."""
+
+
+class ModelNotFound(IsweepError):
+    """A model name or path could not be resolved to a loadable model."""

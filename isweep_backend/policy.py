@@ -1,0 +1,148 @@
+"""The commit rule of one session: which recognised words are final.
+
+LocalAgreement-2 (Macháček et al., whisper_streaming): a word is committed once two
+consecutive passes over the growing buffer agree on it, and then never revised. Two more rules
+bound latency: at the end of speech (VAD) the rest of the hypothesis is committed, and a word
+older than a deadline on the audio timeline is committed unconfirmed. Committed words come out
+in time order, each once; the buffer behind them can then be trimmed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .engine import SAMPLE_RATE, PassResult, Word
+
+# A new word starting this much before the last committed end is the same word heard again.
+REHEARD_TOLERANCE_SAMPLES = SAMPLE_RATE // 10
+# Committed words re-heard by a new pass are matched this many at most, and only where the
+# re-heard word ends this close to where the committed one ended.
+MAX_OVERLAP_WORDS = 5
+OVERLAP_WINDOW_SAMPLES = SAMPLE_RATE
+PROMPT_CHARS = 200
+# Audio kept before the newest sample when the buffer holds no speech at all.
+SILENCE_KEEP_SAMPLES = SAMPLE_RATE
+
+
+@dataclass
+class CommitDecision:
+    words: list[Word] = field(default_factory=list)
+    trim_to: int | None = None
+    by_agreement: int = 0
+    by_end_of_speech: int = 0
+    by_deadline: int = 0
+
+
+class LocalAgreementPolicy:
+    def __init__(
+        self,
+        deadline_seconds: float,
+        trim_seconds: float,
+        end_of_speech_seconds: float,
+    ) -> None:
+        self.deadline_samples = round(deadline_seconds * SAMPLE_RATE)
+        self.trim_samples = round(trim_seconds * SAMPLE_RATE)
+        self.end_of_speech_samples = round(end_of_speech_seconds * SAMPLE_RATE)
+        self.committed_end = 0
+        self._committed_tail: list[Word] = []
+        self._recent_committed: list[Word] = []  # enough for the prompt
+        self._hypothesis: list[Word] = []
+
+    @property
+    def hypothesis(self) -> list[Word]:
+        return list(self._hypothesis)
+
+    def prompt(self, buffer_start: int) -> str:
+        """Committed text from before the buffer, as the next pass's prompt.
+
+        Only text the pass will not hear: given words that are still in the buffer, Whisper
+        takes them as already said, skips them, and misplaces the rest of the timings.
+        """
+        before = [w.text for w in self._recent_committed if w.end <= buffer_start]
+        return "".join(before)[-PROMPT_CHARS:].lstrip()
+
+    def apply(self, result: PassResult, buffer_start: int) -> CommitDecision:
+        decision = CommitDecision()
+        if result.skipped_by_vad:
+            self._hypothesis = []
+            decision.trim_to = max(buffer_start, result.audio_end - SILENCE_KEEP_SAMPLES)
+            return decision
+        new = self._drop_already_committed(result.words)
+        agreed = _common_prefix_length(self._hypothesis, new)
+        self._commit(new[:agreed], decision)
+        decision.by_agreement = agreed
+        rest = new[agreed:]
+
+        speech_end = result.speech_end
+        speech_over = (
+            speech_end is not None and result.audio_end - speech_end >= self.end_of_speech_samples
+        )
+        if speech_over and rest:
+            decision.by_end_of_speech = len(rest)
+            self._commit(rest, decision)
+            rest = []
+        overdue = 0
+        while overdue < len(rest) and rest[overdue].end <= result.audio_end - self.deadline_samples:
+            overdue += 1
+        if overdue:
+            decision.by_deadline = overdue
+            self._commit(rest[:overdue], decision)
+            rest = rest[overdue:]
+        self._hypothesis = rest
+        decision.trim_to = self._trim_point(result, buffer_start, speech_over)
+        return decision
+
+    def _drop_already_committed(self, words: list[Word]) -> list[Word]:
+        """The part of a new hypothesis after what is already committed.
+
+        Whisper re-hears committed words at the start of the buffer with slightly different
+        times, so they are found by content first: the longest run of the committed tail that
+        the hypothesis repeats, ending near the committed end. Only without such a run are
+        words dropped by time alone.
+        """
+        tail = [w.key for w in self._committed_tail]
+        best: tuple[int, int, int] | None = None  # (run length, -time distance, cut index)
+        for cut in range(1, len(words) + 1):
+            distance = abs(words[cut - 1].end - self.committed_end)
+            if distance > OVERLAP_WINDOW_SAMPLES:
+                continue
+            run = 0
+            while (run < min(MAX_OVERLAP_WORDS, cut, len(tail))
+                   and words[cut - 1 - run].key == tail[-1 - run]):
+                run += 1
+            if run and (best is None or (run, -distance) > best[:2]):
+                best = (run, -distance, cut)
+        if best is not None:
+            return words[best[2]:]
+        return [w for w in words if w.start >= self.committed_end - REHEARD_TOLERANCE_SAMPLES]
+
+    def _commit(self, words: list[Word], decision: CommitDecision) -> None:
+        for word in words:
+            start = max(word.start, self.committed_end)
+            final = Word(word.text, start, max(word.end, start), word.probability)
+            decision.words.append(final)
+            self.committed_end = final.end
+            self._recent_committed.append(final)
+        self._committed_tail = self._recent_committed[-MAX_OVERLAP_WORDS:]
+        # ~200 prompt characters are at most ~200 words; keep a margin, bounded.
+        del self._recent_committed[:-PROMPT_CHARS]
+
+    def _trim_point(self, result: PassResult, buffer_start: int, speech_over: bool) -> int | None:
+        if speech_over and not self._hypothesis:
+            assert result.speech_end is not None
+            # Everything heard is committed and the speaker paused: cut in the silence.
+            return max(buffer_start, min(result.speech_end, result.audio_end))
+        if result.audio_end - buffer_start <= self.trim_samples:
+            return None
+        # Cut at the last committed word, but never into a word not yet committed.
+        cut = self.committed_end
+        if self._hypothesis:
+            cut = min(cut, self._hypothesis[0].start)
+        return cut if cut > buffer_start else None
+
+
+def _common_prefix_length(previous: list[Word], current: list[Word]) -> int:
+    n = 0
+    while n < len(previous) and n < len(current) and previous[n].key == current[n].key:
+        n += 1
+    return n

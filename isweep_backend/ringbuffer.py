@@ -1,0 +1,83 @@
+"""Fixed-capacity float32 PCM buffer whose clock is the count of samples ever appended."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+Pcm = npt.NDArray[np.float32]
+
+
+class PcmRingBuffer:
+    """Keeps the newest `capacity` samples of a stream, addressed by absolute sample index.
+
+    `end` is the session clock: every sample ever appended counts, so times never restart when
+    old audio is trimmed or overwritten. Storage is a doubled array so that any window is one
+    contiguous slice, without copying on append.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity <= 0:
+            raise ValueError("capacity must be positive")
+        self.capacity = capacity
+        self._data = np.zeros(2 * capacity, dtype=np.float32)
+        self._start = 0  # absolute index of the oldest kept sample
+        self._end = 0  # absolute index one past the newest sample
+        self.overwritten_samples = 0  # samples lost to a full buffer, not to trimming
+
+    @property
+    def start(self) -> int:
+        return self._start
+
+    @property
+    def end(self) -> int:
+        return self._end
+
+    def __len__(self) -> int:
+        return self._end - self._start
+
+    @property
+    def nbytes(self) -> int:
+        return len(self) * 4
+
+    def append(self, pcm: Pcm) -> int:
+        """Append samples; returns how many old samples a full buffer had to overwrite."""
+        pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
+        if pcm.size >= self.capacity:
+            lost = len(self) + pcm.size - self.capacity
+            self._data[: self.capacity] = pcm[-self.capacity :]
+            self._data[self.capacity :] = pcm[-self.capacity :]
+            self._end += pcm.size
+            self._start = self._end - self.capacity
+            self.overwritten_samples += lost
+            return lost
+        lost = max(0, len(self) + pcm.size - self.capacity)
+        for offset, chunk in self._split_at_wrap(self._end, pcm):
+            self._data[offset : offset + chunk.size] = chunk
+            self._data[offset + self.capacity : offset + self.capacity + chunk.size] = chunk
+        self._end += pcm.size
+        self._start += lost
+        self.overwritten_samples += lost
+        return lost
+
+    def append_silence(self, samples: int) -> int:
+        return self.append(np.zeros(samples, dtype=np.float32)) if samples > 0 else 0
+
+    def trim_to(self, absolute_sample: int) -> None:
+        """Forget everything before `absolute_sample` (clamped to what is kept)."""
+        self._start = min(max(self._start, absolute_sample), self._end)
+
+    def window(self, from_sample: int | None = None) -> Pcm:
+        """A copy of the samples from `from_sample` (default: the oldest kept) to the end."""
+        begin = self._start if from_sample is None else min(max(from_sample, self._start),
+                                                             self._end)
+        offset = begin % self.capacity
+        return self._data[offset : offset + (self._end - begin)].copy()
+
+    def _split_at_wrap(self, absolute: int, pcm: Pcm) -> list[tuple[int, Pcm]]:
+        offset = absolute % self.capacity
+        first = min(pcm.size, self.capacity - offset)
+        parts = [(offset, pcm[:first])]
+        if first < pcm.size:
+            parts.append((0, pcm[first:]))
+        return parts

@@ -1,0 +1,108 @@
+"""A fair queue of recognition passes across sessions.
+
+Each session is in the queue at most once (a request that finds its session queued or running
+coalesces: the next pass sees all new audio), and a session goes to the back after its pass,
+so sessions take turns. Passes run on an executor the app owns, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from concurrent.futures import Executor
+
+import structlog
+
+from .decode import SAMPLE_RATE
+from .engine import Engine
+from .metrics import Metrics
+from .session import Session
+
+log = structlog.get_logger("isweep_backend.scheduler")
+
+
+class PassScheduler:
+    def __init__(
+        self,
+        engine: Engine,
+        executor: Executor,
+        metrics: Metrics,
+        workers: int,
+        min_pass_seconds: float,
+    ) -> None:
+        self._engine = engine
+        self._executor = executor
+        self._metrics = metrics
+        self._workers = workers
+        self._min_new_samples = round(min_pass_seconds * SAMPLE_RATE)
+        self._queue: deque[Session] = deque()
+        self._ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.running = 0
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        for n in range(self._workers):
+            self._tasks.append(asyncio.create_task(self._work(), name=f"pass-worker-{n}"))
+
+    async def stop(self, timeout: float) -> None:
+        """Let passes in flight finish (up to `timeout`), then stop the workers."""
+        self._queue.clear()
+        deadline = time.monotonic() + timeout
+        while self.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    def request(self, session: Session) -> None:
+        if session.pass_pending or not session.needs_pass(self._min_new_samples):
+            return
+        session.pass_pending = True
+        session.pass_enqueued_at = time.perf_counter()
+        self._queue.append(session)
+        self._ready.set()
+
+    async def _next(self) -> Session:
+        while not self._queue:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._queue.popleft()
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            session = await self._next()
+            if session.closed:
+                session.pass_pending = False
+                continue
+            started = time.perf_counter()
+            self._metrics.queue_wait.observe(started - session.pass_enqueued_at)
+            request = session.make_pass_request()
+            new_audio = (request.offset + request.audio.size - session.processed_end)
+            self.running += 1
+            try:
+                result = await loop.run_in_executor(self._executor, self._engine.run_pass, request)
+            except Exception:
+                self._metrics.passes.labels("error").inc()
+                log.exception("pass_failed", session=session.log_key)
+                session.pass_pending = False
+                await session.pass_failed(request.offset + request.audio.size)
+                continue
+            finally:
+                self.running -= 1
+            elapsed = time.perf_counter() - started
+            self._metrics.pass_duration.observe(elapsed)
+            self._metrics.pass_audio.observe(request.audio.size / SAMPLE_RATE)
+            self._metrics.passes.labels("vad_skipped" if result.skipped_by_vad else "ok").inc()
+            if new_audio > 0:
+                self._metrics.real_time_factor.observe(elapsed / (new_audio / SAMPLE_RATE))
+            session.pass_pending = False
+            await session.apply_pass(result)
+            # Audio that arrived during the pass gets the next turn, behind everyone waiting.
+            self.request(session)

@@ -1,0 +1,112 @@
+"""The session registry: (user_id, tab_id) -> Session, the cap on sessions, and TTL eviction."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+import structlog
+
+from .decode import SAMPLE_RATE, starts_stream
+from .errors import SessionLimit
+from .metrics import Metrics
+from .schema import Chunk
+from .session import Outcome, Session, SessionKey, is_new_capture
+from .settings import Settings
+
+log = structlog.get_logger("isweep_backend.sessions")
+
+
+class SessionRegistry:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        decode_executor: Executor,
+        request_pass: Callable[[Session], None],
+        default_language: str | None,
+    ) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._decode_executor = decode_executor
+        self._request_pass = request_pass
+        self._default_language = default_language
+        self._sessions: dict[SessionKey, Session] = {}
+        self._evictor: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def get(self, key: SessionKey) -> Session | None:
+        return self._sessions.get(key)
+
+    async def accept(self, chunk: Chunk) -> Outcome:
+        key = (chunk.user_id, chunk.tab_id)
+        session = self._sessions.get(key)
+        if session is not None and is_new_capture(session, chunk.seq, chunk.audio):
+            self._remove(session, "new_capture")
+            session = None
+        if session is None:
+            session = self._create(key, chunk)
+        return await session.accept(chunk.seq, chunk.audio)
+
+    def _create(self, key: SessionKey, chunk: Chunk) -> Session:
+        if len(self._sessions) >= self._settings.max_sessions:
+            self._metrics.requests_shed.labels("session_limit").inc()
+            raise SessionLimit(f"the service holds its maximum of "
+                               f"{self._settings.max_sessions} sessions")
+        # A blob that opens a stream starts the session's seq count there; any other first
+        # blob waits (bounded) for the seqs before it, seq 0 with its header first.
+        first_seq = chunk.seq if starts_stream(chunk.audio) else 0
+        session = Session(
+            key, self._settings, self._metrics, self._decode_executor, self._request_pass,
+            self._default_language, first_seq,
+        )
+        self._sessions[key] = session
+        self._metrics.sessions_started.inc()
+        self._metrics.active_sessions.set(len(self._sessions))
+        log.info("session_started", session=session.log_key, first_seq=first_seq)
+        return session
+
+    def _remove(self, session: Session, reason: str) -> None:
+        if self._sessions.get(session.key) is session:
+            del self._sessions[session.key]
+        session.close()
+        self._metrics.sessions_evicted.labels(reason).inc()
+        self._metrics.active_sessions.set(len(self._sessions))
+        log.info("session_ended", session=session.log_key, reason=reason,
+                 audio_seconds=round(session.ring.end / SAMPLE_RATE, 3), passes=session.passes)
+
+    def evict_idle(self, now: float | None = None) -> int:
+        now = time.monotonic() if now is None else now
+        idle = [s for s in self._sessions.values()
+                if now - s.last_seen > self._settings.session_ttl_seconds]
+        for session in idle:
+            self._remove(session, "ttl")
+        self.update_buffer_gauges()
+        return len(idle)
+
+    def update_buffer_gauges(self) -> None:
+        samples = sum(len(s.ring) for s in self._sessions.values())
+        self._metrics.buffered_audio_seconds.set(samples / SAMPLE_RATE)
+        self._metrics.buffered_audio_bytes.set(samples * 4)
+
+    def start(self) -> None:
+        self._evictor = asyncio.create_task(self._evict_forever(), name="session-evictor")
+
+    async def stop(self) -> None:
+        if self._evictor is not None:
+            self._evictor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._evictor
+        for session in list(self._sessions.values()):
+            self._remove(session, "shutdown")
+
+    async def _evict_forever(self) -> None:
+        interval = min(5.0, max(0.05, self._settings.session_ttl_seconds / 4))
+        while True:
+            await asyncio.sleep(interval)
+            self.evict_idle()

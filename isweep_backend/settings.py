@@ -1,0 +1,176 @@
+"""Every setting of the service, in one frozen dataclass, read from CLI flags and ISWEEP_* env.
+
+Defaults live here and nowhere else. A flag beats its environment variable, which beats the
+default; `python -m isweep_backend --help` prints the whole table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+Device = Literal["auto", "cpu", "cuda"]
+LogFormat = Literal["auto", "json", "console"]
+ENV_PREFIX = "ISWEEP_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- server -----------------------------------------------------------------------------
+    host: str = field(default="127.0.0.1", metadata={"help": "address to bind"})
+    port: int = field(default=8001, metadata={"help": "TCP port"})
+    max_request_bytes: int = field(
+        default=4 * 1024 * 1024,
+        metadata={"help": "largest accepted request body; larger answers 413"},
+    )
+    # --- model ------------------------------------------------------------------------------
+    model: str = field(
+        default="tiny.en",
+        metadata={"help": "tiny.en (bundled), base (bundled, multilingual), a model folder, "
+                  "or any faster-whisper name (downloaded by faster-whisper)"},
+    )
+    device: Device = field(default="auto", metadata={"help": "auto, cpu or cuda"})
+    compute_type: str = field(
+        default="auto",
+        metadata={"help": "CTranslate2 compute type; auto = int8 on CPU, float16 on CUDA"},
+    )
+    language: str = field(
+        default="auto",
+        metadata={"help": "language code to force, or auto (English for .en models, "
+                  "otherwise detected once per session)"},
+    )
+    cpu_threads: int = field(
+        default=0, metadata={"help": "CTranslate2 threads per pass; 0 = one per core"}
+    )
+    inference_workers: int = field(
+        default=1, metadata={"help": "recognition passes that may run at the same time"}
+    )
+    beam_size: int = field(default=1, metadata={"help": "decoder beam size (1 = greedy)"})
+    model_cache_dir: str = field(
+        default="",
+        metadata={"help": "where split bundled models are joined; default: the user cache"},
+    )
+    # --- sessions and buffers -----------------------------------------------------------------
+    buffer_seconds: float = field(
+        default=30.0, metadata={"help": "PCM kept per session (ring buffer capacity)"}
+    )
+    session_ttl_seconds: float = field(
+        default=60.0, metadata={"help": "an idle session is evicted after this long"}
+    )
+    max_sessions: int = field(
+        default=64, metadata={"help": "live sessions; a new one beyond this answers 503"}
+    )
+    reorder_wait_seconds: float = field(
+        default=2.0, metadata={"help": "how long a missing seq is waited for before skipping"}
+    )
+    max_held_blobs: int = field(
+        default=16, metadata={"help": "out-of-order blobs held per session while waiting"}
+    )
+    # --- streaming policy ---------------------------------------------------------------------
+    response_wait_seconds: float = field(
+        default=0.45,
+        metadata={"help": "how long a request may wait for the pass that covers its audio; "
+                  "kept under the extension's 500 ms slow-round-trip threshold"},
+    )
+    min_pass_audio_seconds: float = field(
+        default=0.5, metadata={"help": "new audio needed before another pass is scheduled"}
+    )
+    commit_deadline_seconds: float = field(
+        default=4.0,
+        metadata={"help": "a word this far behind the newest audio is committed unconfirmed"},
+    )
+    trim_seconds: float = field(
+        default=8.0,
+        metadata={"help": "uncommitted context kept before the buffer is cut at a pause"},
+    )
+    vad_threshold: float = field(default=0.5, metadata={"help": "Silero VAD speech threshold"})
+    end_of_speech_seconds: float = field(
+        default=0.6, metadata={"help": "silence after speech that flushes pending words"}
+    )
+    no_speech_threshold: float = field(
+        default=0.6, metadata={"help": "drop a segment Whisper thinks is not speech"}
+    )
+    log_prob_threshold: float = field(
+        default=-1.0, metadata={"help": "…when its mean log-probability is below this"}
+    )
+    compression_ratio_threshold: float = field(
+        default=2.4, metadata={"help": "drop a segment whose text compresses more (loops)"}
+    )
+    # --- logging ------------------------------------------------------------------------------
+    log_level: str = field(default="info", metadata={"help": "debug, info, warning, error"})
+    log_format: LogFormat = field(
+        default="auto", metadata={"help": "json, console, or auto (console on a terminal)"}
+    )
+
+    def __post_init__(self) -> None:
+        problems = _validation_problems(self)
+        if problems:
+            raise ValueError("invalid settings: " + "; ".join(problems))
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def _validation_problems(s: Settings) -> list[str]:
+    problems = []
+    if not 0 < s.port < 65536:
+        problems.append(f"port {s.port} is not a TCP port")
+    if s.device not in get_args(Device):
+        problems.append(f"device must be one of {get_args(Device)}")
+    if s.log_format not in get_args(LogFormat):
+        problems.append(f"log_format must be one of {get_args(LogFormat)}")
+    positive = ("max_request_bytes", "buffer_seconds", "session_ttl_seconds", "max_sessions",
+                "inference_workers", "beam_size", "max_held_blobs", "min_pass_audio_seconds",
+                "commit_deadline_seconds", "trim_seconds", "end_of_speech_seconds")
+    for name in positive:
+        if getattr(s, name) <= 0:
+            problems.append(f"{name} must be > 0")
+    for name in ("reorder_wait_seconds", "response_wait_seconds", "cpu_threads"):
+        if getattr(s, name) < 0:
+            problems.append(f"{name} must be >= 0")
+    if s.trim_seconds + s.commit_deadline_seconds > s.buffer_seconds:
+        problems.append("buffer_seconds must hold trim_seconds + commit_deadline_seconds")
+    return problems
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="isweep-backend",
+        description="Real-time speech-to-text for the ISweep extension. Every flag can also be "
+        "set with the environment variable shown in brackets.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for f in dataclasses.fields(Settings):
+        kind = type(f.default)
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=kind,
+            default=argparse.SUPPRESS,
+            help=f"{f.metadata.get('help', '')} [{env_name(f.name)}] (default: {f.default})",
+        )
+    return parser
+
+
+def load_settings(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Settings from defaults, then ISWEEP_* variables, then flags."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        raw = environ.get(env_name(f.name))
+        if raw is None or raw == "":
+            continue
+        try:
+            values[f.name] = type(f.default)(raw)
+        except ValueError as exc:
+            raise ValueError(f"{env_name(f.name)}={raw!r}: {exc}") from exc
+    flags = build_parser().parse_args(argv)
+    values.update(vars(flags))
+    return Settings(**values)
