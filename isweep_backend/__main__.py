@@ -31,8 +31,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("model_not_found", model=settings.model, reason=str(exc))
         return 2
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("listening_beyond_loopback", host=settings.host,
-                    hint="anyone who can reach this address can use the service")
+        log.warning(
+            "listening_beyond_loopback",
+            host=settings.host,
+            hint="anyone who can reach this address can use the service",
+        )
     log.info("starting", host=settings.host, port=settings.port, model=settings.model)
     web.run_app(
         create_app(settings),

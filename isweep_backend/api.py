@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import structlog
 from aiohttp import web
@@ -21,7 +20,7 @@ from .session import session_hash
 
 log = structlog.get_logger("isweep_backend.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-RETRY_AFTER_SECONDS = "2"
+RETRY_AFTER = {"Retry-After": "2"}
 
 
 def json_error(status: int, code: str, message: str, **headers: str) -> web.Response:
@@ -107,9 +106,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = json_error(400, exc.code, exc.message)
     except SessionLimit as exc:
         log.warning("session_limit_reached", reason=str(exc))
-        response = json_error(503, "session_limit", str(exc), **{"Retry-After": RETRY_AFTER_SECONDS})
+        response = json_error(503, "session_limit", str(exc), **RETRY_AFTER)
     except ModelNotReady as exc:
-        response = json_error(503, "model_not_ready", str(exc), **{"Retry-After": RETRY_AFTER_SECONDS})
+        response = json_error(503, "model_not_ready", str(exc), **RETRY_AFTER)
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[SETTINGS].max_request_bytes
         request.app[METRICS].requests_shed.labels("too_large").inc()
@@ -134,5 +133,3 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-
-

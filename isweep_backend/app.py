@@ -25,8 +25,9 @@ SHUTDOWN_PASS_GRACE_SECONDS = 10.0
 def create_app(settings: Settings, engine: Engine | None = None) -> web.Application:
     """The whole service. Pass a loaded `engine` to share one model between apps (tests);
     otherwise the model loads in the background and /readyz turns 200 when it is warm."""
-    app = web.Application(client_max_size=settings.max_request_bytes,
-                          middlewares=[error_middleware])
+    app = web.Application(
+        client_max_size=settings.max_request_bytes, middlewares=[error_middleware]
+    )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[RUNTIME] = Runtime()
@@ -38,8 +39,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
 
 async def _executors(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    app[PASS_EXECUTOR] = ThreadPoolExecutor(settings.inference_workers,
-                                            thread_name_prefix="isweep-pass")
+    app[PASS_EXECUTOR] = ThreadPoolExecutor(
+        settings.inference_workers, thread_name_prefix="isweep-pass"
+    )
     app[DECODE_EXECUTOR] = ThreadPoolExecutor(1, thread_name_prefix="isweep-decode")
     yield
     app[PASS_EXECUTOR].shutdown(wait=True, cancel_futures=True)
@@ -85,18 +87,30 @@ async def _load_engine(app: web.Application) -> None:
 def _install_engine(app: web.Application, engine: Engine) -> None:
     settings = app[SETTINGS]
     metrics = app[METRICS]
-    scheduler = PassScheduler(engine, app[PASS_EXECUTOR], metrics, settings.inference_workers,
-                              settings.min_pass_audio_seconds)
-    registry = SessionRegistry(settings, metrics, app[DECODE_EXECUTOR], scheduler.request,
-                               engine.session_language())
+    scheduler = PassScheduler(
+        engine,
+        app[PASS_EXECUTOR],
+        metrics,
+        settings.inference_workers,
+        settings.min_pass_audio_seconds,
+    )
+    registry = SessionRegistry(
+        settings, metrics, app[DECODE_EXECUTOR], scheduler.request, engine.session_language()
+    )
     runtime = app[RUNTIME]
     runtime.scheduler = scheduler
     runtime.registry = registry
     scheduler.start()
     registry.start()
     info = engine.info
-    metrics.model_info.info({"name": info.name, "source": info.source, "device": info.device,
-                             "compute_type": info.compute_type})
+    metrics.model_info.info(
+        {
+            "name": info.name,
+            "source": info.source,
+            "device": info.device,
+            "compute_type": info.compute_type,
+        }
+    )
     metrics.model_load_duration.set(info.load_seconds)
     metrics.model_ready.set(1)
     runtime.engine = engine

@@ -147,8 +147,9 @@ class Engine:
             ),
         )
         engine.warm_up()
-        engine.info = EngineInfo(**{**engine.info.__dict__,
-                                    "load_seconds": time.perf_counter() - started})
+        engine.info = EngineInfo(
+            **{**engine.info.__dict__, "load_seconds": time.perf_counter() - started}
+        )
         return engine
 
     def session_language(self) -> str | None:
@@ -162,8 +163,9 @@ class Engine:
         # The first CTranslate2 call allocates its buffers; pay that before reporting ready.
         rng = np.random.default_rng(0)
         noise = (0.01 * rng.standard_normal(SAMPLE_RATE)).astype(np.float32)
-        segments, _ = self._model.transcribe(noise, language=self.session_language() or "en",
-                                             beam_size=1, vad_filter=False)
+        segments, _ = self._model.transcribe(
+            noise, language=self.session_language() or "en", beam_size=1, vad_filter=False
+        )
         list(segments)
 
     def detect_speech(self, audio: Pcm, offset: int) -> list[SpeechRegion]:

@@ -107,13 +107,15 @@ class LocalAgreementPolicy:
             if distance > OVERLAP_WINDOW_SAMPLES:
                 continue
             run = 0
-            while (run < min(MAX_OVERLAP_WORDS, cut, len(tail))
-                   and words[cut - 1 - run].key == tail[-1 - run]):
+            while (
+                run < min(MAX_OVERLAP_WORDS, cut, len(tail))
+                and words[cut - 1 - run].key == tail[-1 - run]
+            ):
                 run += 1
             if run and (best is None or (run, -distance) > best[:2]):
                 best = (run, -distance, cut)
         if best is not None:
-            return words[best[2]:]
+            return words[best[2] :]
         return [w for w in words if w.start >= self.committed_end - REHEARD_TOLERANCE_SAMPLES]
 
     def _commit(self, words: list[Word], decision: CommitDecision) -> None:
@@ -128,17 +130,33 @@ class LocalAgreementPolicy:
         del self._recent_committed[:-PROMPT_CHARS]
 
     def _trim_point(self, result: PassResult, buffer_start: int, speech_over: bool) -> int | None:
+        """Where the buffer may be cut: only behind committed words, and in a pause.
+
+        Cutting inside speech makes the next pass hear half a word ("ase" for "please"), so
+        the cut goes in the middle of the latest VAD silence that lies wholly behind the
+        committed words. Only a buffer that has no such pause and has grown past
+        trim + deadline is cut at a word edge, to bound its size.
+        """
         if speech_over and not self._hypothesis:
             assert result.speech_end is not None
             # Everything heard is committed and the speaker paused: cut in the silence.
             return max(buffer_start, min(result.speech_end, result.audio_end))
-        if result.audio_end - buffer_start <= self.trim_samples:
+        length = result.audio_end - buffer_start
+        if length <= self.trim_samples:
             return None
-        # Cut at the last committed word, but never into a word not yet committed.
-        cut = self.committed_end
+        limit = self.committed_end
         if self._hypothesis:
-            cut = min(cut, self._hypothesis[0].start)
-        return cut if cut > buffer_start else None
+            limit = min(limit, self._hypothesis[0].start)
+        pauses = [
+            (before.end + after.start) // 2
+            for before, after in zip(result.speech, result.speech[1:], strict=False)
+            if after.start <= limit and after.start > before.end
+        ]
+        if pauses and pauses[-1] > buffer_start:
+            return pauses[-1]
+        if length > self.trim_samples + self.deadline_samples and limit > buffer_start:
+            return limit
+        return None
 
 
 def _common_prefix_length(previous: list[Word], current: list[Word]) -> int:

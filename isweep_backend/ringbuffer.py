@@ -41,22 +41,15 @@ class PcmRingBuffer:
         return len(self) * 4
 
     def append(self, pcm: Pcm) -> int:
-        """Append samples; returns how many old samples a full buffer had to overwrite."""
+        """Append samples; returns how many samples a full buffer could not keep."""
         pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
-        if pcm.size >= self.capacity:
-            lost = len(self) + pcm.size - self.capacity
-            self._data[: self.capacity] = pcm[-self.capacity :]
-            self._data[self.capacity :] = pcm[-self.capacity :]
-            self._end += pcm.size
-            self._start = self._end - self.capacity
-            self.overwritten_samples += lost
-            return lost
         lost = max(0, len(self) + pcm.size - self.capacity)
-        for offset, chunk in self._split_at_wrap(self._end, pcm):
+        kept = pcm[-self.capacity :]
+        for offset, chunk in self._split_at_wrap(self._end + pcm.size - kept.size, kept):
             self._data[offset : offset + chunk.size] = chunk
             self._data[offset + self.capacity : offset + self.capacity + chunk.size] = chunk
         self._end += pcm.size
-        self._start += lost
+        self._start = max(self._start, self._end - self.capacity)
         self.overwritten_samples += lost
         return lost
 
@@ -69,10 +62,12 @@ class PcmRingBuffer:
 
     def window(self, from_sample: int | None = None) -> Pcm:
         """A copy of the samples from `from_sample` (default: the oldest kept) to the end."""
-        begin = self._start if from_sample is None else min(max(from_sample, self._start),
-                                                             self._end)
+        begin = (
+            self._start if from_sample is None else min(max(from_sample, self._start), self._end)
+        )
         offset = begin % self.capacity
-        return self._data[offset : offset + (self._end - begin)].copy()
+        window: Pcm = self._data[offset : offset + (self._end - begin)].copy()
+        return window
 
     def _split_at_wrap(self, absolute: int, pcm: Pcm) -> list[tuple[int, Pcm]]:
         offset = absolute % self.capacity

@@ -8,6 +8,7 @@ so sessions take turns. Passes run on an executor the app owns, never on the eve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from concurrent.futures import Executor
@@ -39,6 +40,8 @@ class PassScheduler:
         self._queue: deque[Session] = deque()
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.running = 0
 
     @property
@@ -52,9 +55,8 @@ class PassScheduler:
     async def stop(self, timeout: float) -> None:
         """Let passes in flight finish (up to `timeout`), then stop the workers."""
         self._queue.clear()
-        deadline = time.monotonic() + timeout
-        while self.running and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -84,8 +86,9 @@ class PassScheduler:
             started = time.perf_counter()
             self._metrics.queue_wait.observe(started - session.pass_enqueued_at)
             request = session.make_pass_request()
-            new_audio = (request.offset + request.audio.size - session.processed_end)
+            new_audio = request.offset + request.audio.size - session.processed_end
             self.running += 1
+            self._idle.clear()
             try:
                 result = await loop.run_in_executor(self._executor, self._engine.run_pass, request)
             except Exception:
@@ -96,6 +99,8 @@ class PassScheduler:
                 continue
             finally:
                 self.running -= 1
+                if not self.running:
+                    self._idle.set()
             elapsed = time.perf_counter() - started
             self._metrics.pass_duration.observe(elapsed)
             self._metrics.pass_audio.observe(request.audio.size / SAMPLE_RATE)

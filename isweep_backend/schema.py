@@ -18,7 +18,7 @@ MAX_SEQ = 2**53 - 1  # the largest integer a JavaScript client can count to exac
 MAX_TAB_ID = 2**63 - 1
 # A pause this long, or a sentence end, closes a segment.
 SEGMENT_PAUSE_SAMPLES = SAMPLE_RATE // 2
-_SENTENCE_END = re.compile(r"[.?!…。？！]['\")\]]*$")
+_SENTENCE_END = re.compile(r"[.?!\u2026\u3002\uff1f\uff01]['\")\]]*$")
 _WHITESPACE = re.compile(rb"\s+")
 
 
@@ -61,8 +61,8 @@ def parse_chunk(body_bytes: bytes) -> Chunk:
     user_id = _require(body, "user_id")
     if not isinstance(user_id, str) or not user_id or len(user_id) > MAX_USER_ID_CHARS:
         raise InvalidRequest(
-            "invalid_field", f"user_id must be a non-empty string of at most "
-            f"{MAX_USER_ID_CHARS} characters"
+            "invalid_field",
+            f"user_id must be a non-empty string of at most {MAX_USER_ID_CHARS} characters",
         )
     tab_id = _require(body, "tab_id")
     if not _is_int(tab_id) or not -MAX_TAB_ID <= tab_id <= MAX_TAB_ID:

@@ -108,8 +108,12 @@ class Session:
         for step in steps:
             if isinstance(step, Gap):
                 self._metrics.seq_events.labels("gap").inc(step.count)
-                log.info("seq_gap_skipped", session=self.log_key, first_seq=step.first_seq,
-                         count=step.count)
+                log.info(
+                    "seq_gap_skipped",
+                    session=self.log_key,
+                    first_seq=step.first_seq,
+                    count=step.count,
+                )
                 self.decoder.note_gap(step.count)
                 continue
             assert isinstance(step, Blob)
@@ -146,8 +150,14 @@ class Session:
         self, blob: Blob, kind: str, reason: str, outcome: Outcome | None, request_seq: int
     ) -> None:
         self._metrics.decode_errors.labels(kind).inc()
-        log.warning("chunk_undecodable", session=self.log_key, seq=blob.seq, kind=kind,
-                    reason=reason, bytes=len(blob.data))
+        log.warning(
+            "chunk_undecodable",
+            session=self.log_key,
+            seq=blob.seq,
+            kind=kind,
+            reason=reason,
+            bytes=len(blob.data),
+        )
         if outcome is not None and blob.seq == request_seq:
             outcome.decode_error = kind
 
@@ -159,9 +169,7 @@ class Session:
         if deadline is None or self.closed:
             return
         loop = asyncio.get_running_loop()
-        self._gap_timer = loop.call_at(
-            deadline, lambda: loop.create_task(self._give_up_on_gap())
-        )
+        self._gap_timer = loop.call_at(deadline, lambda: loop.create_task(self._give_up_on_gap()))
 
     async def _give_up_on_gap(self) -> None:
         async with self._lock:
@@ -195,9 +203,11 @@ class Session:
         decision = self.policy.apply(result, self.ring.start)
         self._outbox.extend(decision.words)
         m = self._metrics
-        for rule, count in (("agreement", decision.by_agreement),
-                            ("end_of_speech", decision.by_end_of_speech),
-                            ("deadline", decision.by_deadline)):
+        for rule, count in (
+            ("agreement", decision.by_agreement),
+            ("end_of_speech", decision.by_end_of_speech),
+            ("deadline", decision.by_deadline),
+        ):
             if count:
                 m.words_committed.labels(rule).inc(count)
         if result.dropped_segments:
@@ -205,8 +215,12 @@ class Session:
         if result.dropped_words:
             m.hallucination_drops.labels("outside_speech").inc(result.dropped_words)
         if decision.words:
-            log.info("words_committed", session=self.log_key, count=len(decision.words),
-                     until_seconds=round(decision.words[-1].end / SAMPLE_RATE, 3))
+            log.info(
+                "words_committed",
+                session=self.log_key,
+                count=len(decision.words),
+                until_seconds=round(decision.words[-1].end / SAMPLE_RATE, 3),
+            )
         if decision.trim_to is not None:
             self.ring.trim_to(decision.trim_to)
         self.processed_end = max(self.processed_end, result.audio_end)

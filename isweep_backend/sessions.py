@@ -56,14 +56,20 @@ class SessionRegistry:
     def _create(self, key: SessionKey, chunk: Chunk) -> Session:
         if len(self._sessions) >= self._settings.max_sessions:
             self._metrics.requests_shed.labels("session_limit").inc()
-            raise SessionLimit(f"the service holds its maximum of "
-                               f"{self._settings.max_sessions} sessions")
+            raise SessionLimit(
+                f"the service holds its maximum of {self._settings.max_sessions} sessions"
+            )
         # A blob that opens a stream starts the session's seq count there; any other first
         # blob waits (bounded) for the seqs before it, seq 0 with its header first.
         first_seq = chunk.seq if starts_stream(chunk.audio) else 0
         session = Session(
-            key, self._settings, self._metrics, self._decode_executor, self._request_pass,
-            self._default_language, first_seq,
+            key,
+            self._settings,
+            self._metrics,
+            self._decode_executor,
+            self._request_pass,
+            self._default_language,
+            first_seq,
         )
         self._sessions[key] = session
         self._metrics.sessions_started.inc()
@@ -77,13 +83,21 @@ class SessionRegistry:
         session.close()
         self._metrics.sessions_evicted.labels(reason).inc()
         self._metrics.active_sessions.set(len(self._sessions))
-        log.info("session_ended", session=session.log_key, reason=reason,
-                 audio_seconds=round(session.ring.end / SAMPLE_RATE, 3), passes=session.passes)
+        log.info(
+            "session_ended",
+            session=session.log_key,
+            reason=reason,
+            audio_seconds=round(session.ring.end / SAMPLE_RATE, 3),
+            passes=session.passes,
+        )
 
     def evict_idle(self, now: float | None = None) -> int:
         now = time.monotonic() if now is None else now
-        idle = [s for s in self._sessions.values()
-                if now - s.last_seen > self._settings.session_ttl_seconds]
+        idle = [
+            s
+            for s in self._sessions.values()
+            if now - s.last_seen > self._settings.session_ttl_seconds
+        ]
         for session in idle:
             self._remove(session, "ttl")
         self.update_buffer_gauges()

@@ -30,8 +30,10 @@ class Settings:
     # --- model ------------------------------------------------------------------------------
     model: str = field(
         default="tiny.en",
-        metadata={"help": "tiny.en (bundled), base (bundled, multilingual), a model folder, "
-                  "or any faster-whisper name (downloaded by faster-whisper)"},
+        metadata={
+            "help": "tiny.en (bundled), base (bundled, multilingual), a model folder, "
+            "or any faster-whisper name (downloaded by faster-whisper)"
+        },
     )
     device: Device = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     compute_type: str = field(
@@ -40,8 +42,10 @@ class Settings:
     )
     language: str = field(
         default="auto",
-        metadata={"help": "language code to force, or auto (English for .en models, "
-                  "otherwise detected once per session)"},
+        metadata={
+            "help": "language code to force, or auto (English for .en models, "
+            "otherwise detected once per session)"
+        },
     )
     cpu_threads: int = field(
         default=0, metadata={"help": "CTranslate2 threads per pass; 0 = one per core"}
@@ -73,8 +77,10 @@ class Settings:
     # --- streaming policy ---------------------------------------------------------------------
     response_wait_seconds: float = field(
         default=0.45,
-        metadata={"help": "how long a request may wait for the pass that covers its audio; "
-                  "kept under the extension's 500 ms slow-round-trip threshold"},
+        metadata={
+            "help": "how long a request may wait for the pass that covers its audio; "
+            "kept under the extension's 500 ms slow-round-trip threshold"
+        },
     )
     min_pass_audio_seconds: float = field(
         default=0.5, metadata={"help": "new audio needed before another pass is scheduled"}
@@ -85,7 +91,8 @@ class Settings:
     )
     trim_seconds: float = field(
         default=8.0,
-        metadata={"help": "uncommitted context kept before the buffer is cut at a pause"},
+        metadata={"help": "buffered audio beyond which the buffer is cut in a pause behind "
+                  "the committed words"},
     )
     vad_threshold: float = field(default=0.5, metadata={"help": "Silero VAD speech threshold"})
     end_of_speech_seconds: float = field(
@@ -124,9 +131,19 @@ def _validation_problems(s: Settings) -> list[str]:
         problems.append(f"device must be one of {get_args(Device)}")
     if s.log_format not in get_args(LogFormat):
         problems.append(f"log_format must be one of {get_args(LogFormat)}")
-    positive = ("max_request_bytes", "buffer_seconds", "session_ttl_seconds", "max_sessions",
-                "inference_workers", "beam_size", "max_held_blobs", "min_pass_audio_seconds",
-                "commit_deadline_seconds", "trim_seconds", "end_of_speech_seconds")
+    positive = (
+        "max_request_bytes",
+        "buffer_seconds",
+        "session_ttl_seconds",
+        "max_sessions",
+        "inference_workers",
+        "beam_size",
+        "max_held_blobs",
+        "min_pass_audio_seconds",
+        "commit_deadline_seconds",
+        "trim_seconds",
+        "end_of_speech_seconds",
+    )
     for name in positive:
         if getattr(s, name) <= 0:
             problems.append(f"{name} must be > 0")
@@ -138,6 +155,9 @@ def _validation_problems(s: Settings) -> list[str]:
     return problems
 
 
+_FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in dataclasses.fields(Settings)}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="isweep-backend",
@@ -146,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     for f in dataclasses.fields(Settings):
-        kind = type(f.default)
+        kind = _FIELD_TYPES[f.name]
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
@@ -168,7 +188,7 @@ def load_settings(
         if raw is None or raw == "":
             continue
         try:
-            values[f.name] = type(f.default)(raw)
+            values[f.name] = _FIELD_TYPES[f.name](raw)
         except ValueError as exc:
             raise ValueError(f"{env_name(f.name)}={raw!r}: {exc}") from exc
     flags = build_parser().parse_args(argv)

@@ -171,25 +171,25 @@ class WebmDemuxer:
                 if self._skip_remaining:
                     break
             if self._resyncing:
-                found, wait_from = self._find_resync_point(pos)
-                if found is None:
+                resume_at, wait_from = self._find_resync_point(pos)
+                if resume_at is None:
                     if wait_from > pos:
                         events.append(Resynced(wait_from - pos))
                     pos = wait_from
                     break
-                if found > pos:
-                    events.append(Resynced(found - pos))
-                pos = found
+                if resume_at > pos:
+                    events.append(Resynced(resume_at - pos))
+                pos = resume_at
                 self._resyncing = False
             try:
-                step = self._parse_one(pos, events)
+                consumed = self._parse_one(pos, events)
             except ValueError:
                 self._resyncing = True
                 pos += 1
                 continue
-            if step is None:
+            if consumed is None:
                 break
-            pos += step
+            pos += consumed
         del self._buf[:pos]
         if len(self._buf) > MAX_HELD_LEAF_BYTES + 64:
             # Nothing parsed for a megabyte: the stream is garbage here; look for a fresh start.
@@ -241,8 +241,16 @@ class WebmDemuxer:
     def _is_track_field(self, ident: int) -> bool:
         return ident == TIMECODE_SCALE or (
             self._in_track_entry
-            and ident in (TRACK_NUMBER, TRACK_TYPE, CODEC_ID, CODEC_PRIVATE, CODEC_DELAY,
-                          SAMPLING_FREQUENCY, CHANNELS)
+            and ident
+            in (
+                TRACK_NUMBER,
+                TRACK_TYPE,
+                CODEC_ID,
+                CODEC_PRIVATE,
+                CODEC_DELAY,
+                SAMPLING_FREQUENCY,
+                CHANNELS,
+            )
         )
 
     def _enter_master(self, ident: int, events: list[DemuxEvent]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import random
 import wave
 from fractions import Fraction
@@ -40,8 +41,9 @@ def _resample(pcm: Pcm, rate: int, target: int) -> Pcm:
     if rate == target:
         return pcm
     resampler = av.AudioResampler(format="flt", layout="mono", rate=target)
-    frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1).astype(np.float32), format="flt",
-                                       layout="mono")
+    frame = av.AudioFrame.from_ndarray(
+        pcm.reshape(1, -1).astype(np.float32), format="flt", layout="mono"
+    )
     frame.sample_rate = rate
     frame.time_base = Fraction(1, rate)
     frame.pts = 0
@@ -85,12 +87,20 @@ def encode_opus_stream(
     return buf.getvalue()
 
 
-def cut_blobs(stream: bytes, seconds: float, audio_seconds: float, seed: int = 0) -> list[bytes]:
-    """Cut a stream into about `seconds` of audio per blob, at arbitrary byte offsets (never
-    aligned to Clusters), the way a recorder flushes."""
+def cut_blobs(stream: bytes, seconds: float = 1.0, seed: int = 0) -> list[bytes]:
+    """Cut a stream the way MediaRecorder's timeslice does: about every `seconds` of audio,
+    at an arbitrary byte inside the packet that crosses the boundary (never at a Cluster or
+    page start). Packet positions come from FFmpeg's demuxer, not from ours."""
     rng = random.Random(seed)
-    n_blobs = max(1, round(audio_seconds / seconds))
-    per_blob = len(stream) / n_blobs
-    cuts = sorted({int(per_blob * k + rng.uniform(-0.2, 0.2) * per_blob) for k in range(1, n_blobs)})
-    edges = [0, *[c for c in cuts if 0 < c < len(stream)], len(stream)]
-    return [stream[a:b] for a, b in zip(edges, edges[1:], strict=False) if b > a]
+    cuts: list[int] = []
+    next_cut = seconds
+    with av.open(io.BytesIO(stream)) as container:
+        audio = container.streams.audio[0]
+        for packet in container.demux(audio):
+            if packet.pts is None or packet.pos is None or packet.pos < 0:
+                continue
+            if float(packet.pts * audio.time_base) >= next_cut:
+                cuts.append(packet.pos + rng.randint(1, max(1, packet.size - 1)))
+                next_cut += seconds
+    edges = [0, *sorted(c for c in set(cuts) if 0 < c < len(stream)), len(stream)]
+    return [stream[a:b] for a, b in itertools.pairwise(edges) if b > a]

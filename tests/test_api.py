@@ -1,0 +1,136 @@
+"""The HTTP contract through the real app and the real model: statuses, bodies, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+from aiohttp.test_utils import TestClient
+
+from isweep_backend.decode import SAMPLE_RATE
+from isweep_backend.keys import METRICS, RUNTIME
+from tests.audio_tools import cut_blobs, encode_opus_stream, wav_bytes
+from tests.conftest import ClientFactory, chunk_body, load_synthetic
+
+
+async def post(client: TestClient[Any, Any], payload: Any) -> tuple[int, Any]:
+    resp = await client.post("/asr/stream", json=payload)
+    return resp.status, await resp.json()
+
+
+async def test_health_and_readiness_report_the_model(make_client: ClientFactory) -> None:
+    client = await make_client()
+    assert (await client.get("/healthz")).status == 200
+    ready = await client.get("/readyz")
+    assert ready.status == 200
+    assert (await ready.json())["model"] == "tiny.en"
+
+
+async def test_malformed_requests_get_400_with_a_json_error(make_client: ClientFactory) -> None:
+    client = await make_client()
+    resp = await client.post(
+        "/asr/stream", data=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert resp.status == 400
+    assert (await resp.json())["error"]["code"] == "invalid_json"
+    status, body = await post(client, {"user_id": "u", "tab_id": 1, "seq": 0})
+    assert status == 400 and body["error"]["code"] == "missing_field"
+    status, body = await post(client, chunk_body(b"x", 0) | {"audio_b64": "@@@"})
+    assert status == 400 and body["error"]["code"] == "invalid_base64"
+
+
+async def test_oversized_body_gets_413(make_client: ClientFactory) -> None:
+    client = await make_client(max_request_bytes=4096)
+    status, body = await post(client, chunk_body(b"\0" * 8192, 0))
+    assert status == 413 and body["error"]["code"] == "request_too_large"
+
+
+async def test_undecodable_audio_gets_200_and_keeps_the_sessions_audio(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client()
+    speech = load_synthetic("pauses")
+    blobs = cut_blobs(encode_opus_stream(speech.pcm, SAMPLE_RATE), 1.0)
+    for seq in range(3):
+        status, _ = await post(client, chunk_body(blobs[seq], seq))
+        assert status == 200
+    session = client.app[RUNTIME].registry.get(("user-1", 7))  # type: ignore[union-attr]
+    kept = session.ring.end if session else 0
+    # A blob of garbage from another encoder, in the middle of the stream.
+    status, body = await post(client, chunk_body(b"RIFF\x00\x00junk", 0, user_id="other"))
+    assert (status, body) == (200, {"segments": []})
+    assert session is not None and session.ring.end == kept
+    metrics = client.app[METRICS]
+    assert metrics.decode_errors.labels("corrupt_file")._value.get() == 1
+
+
+async def test_duplicate_seq_adds_no_audio(make_client: ClientFactory) -> None:
+    client = await make_client()
+    blob = wav_bytes(np.zeros(SAMPLE_RATE, dtype=np.float32))
+    await post(client, chunk_body(blob, 0))
+    await post(client, chunk_body(blob, 0))
+    session = client.app[RUNTIME].registry.get(("user-1", 7))  # type: ignore[union-attr]
+    assert session is not None and session.ring.end == SAMPLE_RATE
+
+
+async def test_new_sessions_beyond_the_cap_get_503_with_retry_after(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client(max_sessions=1)
+    blob = wav_bytes(np.zeros(SAMPLE_RATE // 4, dtype=np.float32))
+    assert (await post(client, chunk_body(blob, 0, tab_id=1)))[0] == 200
+    resp = await client.post("/asr/stream", json=chunk_body(blob, 0, tab_id=2))
+    assert resp.status == 503 and resp.headers["Retry-After"]
+    assert (await resp.json())["error"]["code"] == "session_limit"
+    assert (await post(client, chunk_body(blob, 1, tab_id=1)))[0] == 200
+
+
+async def test_idle_sessions_are_evicted_after_the_ttl(make_client: ClientFactory) -> None:
+    client = await make_client(session_ttl_seconds=0.2, max_sessions=2)
+    blob = wav_bytes(np.zeros(SAMPLE_RATE // 4, dtype=np.float32))
+    for tab in (1, 2):
+        await post(client, chunk_body(blob, 0, tab_id=tab))
+    registry = client.app[RUNTIME].registry
+    assert registry is not None and len(registry) == 2
+    for _ in range(40):
+        if len(registry) == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert len(registry) == 0
+    assert client.app[METRICS].sessions_evicted.labels("ttl")._value.get() == 2
+    # The freed places take new sessions again.
+    assert (await post(client, chunk_body(blob, 0, tab_id=3)))[0] == 200
+
+
+async def test_event_loop_answers_while_a_pass_runs(make_client: ClientFactory) -> None:
+    client = await make_client(response_wait_seconds=5.0)
+    speech = load_synthetic("long")
+    blob = wav_bytes(speech.pcm[: 20 * SAMPLE_RATE])
+    scheduler = client.app[RUNTIME].scheduler
+    assert scheduler is not None
+    pending = asyncio.create_task(post(client, chunk_body(blob, 0)))
+    for _ in range(2000):  # until the pass has started on its executor thread
+        if scheduler.running:
+            break
+        await asyncio.sleep(0.005)
+    started = time.perf_counter()
+    resp = await client.get("/healthz")
+    elapsed = time.perf_counter() - started
+    still_running = scheduler.running > 0
+    assert resp.status == 200
+    assert still_running, "the pass ended before the probe: nothing was shown"
+    assert elapsed < 0.1
+    status, body = await pending
+    assert status == 200 and body["segments"]
+
+
+async def test_metrics_endpoint_serves_prometheus_text(make_client: ClientFactory) -> None:
+    client = await make_client()
+    await client.get("/healthz")
+    resp = await client.get("/metrics")
+    text = await resp.text()
+    assert resp.status == 200 and resp.content_type == "text/plain"
+    assert 'isweep_http_requests_total{route="/healthz",status_class="2xx"}' in text
+    assert "user-1" not in text

@@ -1,0 +1,135 @@
+"""Streaming decode of real encoder output: gapless, order-sensitive, resilient."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from isweep_backend.decode import SAMPLE_RATE, SessionDecoder, decode_whole_file
+from isweep_backend.errors import UndecodableAudio
+from tests.audio_tools import cut_blobs, encode_opus_stream, wav_bytes
+from tests.conftest import load_synthetic
+
+
+@pytest.fixture(scope="module")
+def speech_pcm() -> np.ndarray:
+    return load_synthetic("pauses").pcm
+
+
+def _stream_decode(blobs: list[bytes]) -> np.ndarray:
+    decoder = SessionDecoder()
+    return np.concatenate([decoder.decode(b).pcm for b in blobs])
+
+
+@pytest.mark.parametrize("container", ["webm", "ogg"])
+def test_blobs_cut_anywhere_decode_identically_to_the_whole_stream(
+    speech_pcm: np.ndarray, container: str
+) -> None:
+    stream = encode_opus_stream(speech_pcm, SAMPLE_RATE, container=container)
+    whole = decode_whole_file(stream)
+    streamed = _stream_decode(cut_blobs(stream, 1.0, seed=5))
+    # A live stream never says where it ends, so the padding of the last 60 ms Opus frame is
+    # kept, where a file decode trims it; everything before matches sample for sample.
+    assert 0 <= streamed.size - whole.size <= 0.06 * SAMPLE_RATE
+    n = min(streamed.size, whole.size)
+    np.testing.assert_array_equal(streamed[:n], whole[:n])
+
+
+def test_decoded_audio_matches_the_original_speech(speech_pcm: np.ndarray) -> None:
+    stream = encode_opus_stream(speech_pcm, SAMPLE_RATE)
+    decoded = _stream_decode(cut_blobs(stream, 1.0, seed=1))
+    n = speech_pcm.size
+    correlation = np.corrcoef(decoded[:n], speech_pcm)[0, 1]
+    assert correlation > 0.98  # same timeline, sample for sample, no 1.41x stereo fold-up
+    assert np.abs(decoded).max() <= 1.0
+
+
+def test_one_byte_blobs_still_decode(speech_pcm: np.ndarray) -> None:
+    stream = encode_opus_stream(speech_pcm[: SAMPLE_RATE * 2], SAMPLE_RATE)
+    decoder = SessionDecoder()
+    pieces = [decoder.decode(stream[:64]).pcm]  # the first blob carries the EBML magic
+    pieces += [decoder.decode(stream[i : i + 1]).pcm for i in range(64, len(stream))]
+    assert abs(sum(p.size for p in pieces) - 2 * SAMPLE_RATE) < 0.1 * SAMPLE_RATE
+
+
+def test_a_later_blob_alone_is_refused_not_crashed(speech_pcm: np.ndarray) -> None:
+    stream = encode_opus_stream(speech_pcm, SAMPLE_RATE)
+    blobs = cut_blobs(stream, 1.0)
+    with pytest.raises(UndecodableAudio) as info:
+        SessionDecoder().decode(blobs[3])
+    assert info.value.kind == "no_stream_header"
+
+
+def test_gap_is_resynced_and_filled_so_later_audio_keeps_its_time(
+    speech_pcm: np.ndarray,
+) -> None:
+    stream = encode_opus_stream(speech_pcm, SAMPLE_RATE)
+    blobs = cut_blobs(stream, 1.0, seed=2)
+    whole = decode_whole_file(stream)
+    decoder = SessionDecoder()
+    parts = []
+    for i, blob in enumerate(blobs):
+        if i == 5:
+            decoder.note_gap(1)
+            continue
+        parts.append(decoder.decode(blob).pcm)
+    streamed = np.concatenate(parts)
+    # The audio after the gap lands where it belongs, within one Opus frame's worth or so.
+    assert abs(streamed.size - whole.size) < 0.25 * SAMPLE_RATE
+    tail = whole[-3 * SAMPLE_RATE :]
+    best_lag = _best_lag(streamed[-4 * SAMPLE_RATE :], tail)
+    assert abs(best_lag - (SAMPLE_RATE + (streamed.size - whole.size))) < 0.25 * SAMPLE_RATE
+
+
+def _best_lag(haystack: np.ndarray, needle: np.ndarray) -> int:
+    corr = np.correlate(haystack, needle[:SAMPLE_RATE], mode="valid")
+    return int(np.argmax(corr))
+
+
+def test_new_header_mid_session_is_a_restart_and_audio_continues(
+    speech_pcm: np.ndarray,
+) -> None:
+    half = speech_pcm.size // 2
+    first = encode_opus_stream(speech_pcm[:half], SAMPLE_RATE)
+    second = encode_opus_stream(speech_pcm[half:], SAMPLE_RATE)
+    decoder = SessionDecoder()
+    results = [decoder.decode(b) for b in cut_blobs(first, 1.0)]
+    restart = [decoder.decode(b) for b in cut_blobs(second, 2.0)]
+    assert not any(r.restarted for r in results)
+    assert restart[0].restarted and not any(r.restarted for r in restart[1:])
+    total = sum(r.pcm.size for r in results + restart)
+    # Each stream keeps the padding of its last 60 ms frame.
+    assert 0 <= total - speech_pcm.size <= 0.12 * SAMPLE_RATE
+
+
+def test_whole_wav_files_are_accepted_blob_by_blob(speech_pcm: np.ndarray) -> None:
+    decoder = SessionDecoder()
+    one = decoder.decode(wav_bytes(speech_pcm[:SAMPLE_RATE])).pcm
+    two = decoder.decode(wav_bytes(speech_pcm[SAMPLE_RATE : 2 * SAMPLE_RATE])).pcm
+    assert one.size == two.size == SAMPLE_RATE
+    np.testing.assert_allclose(np.concatenate([one, two]), speech_pcm[: 2 * SAMPLE_RATE], atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [b"\x1a\x45\xdf\xa3" + bytes(range(256)) * 4, b"OggS" + b"\x00" * 200, b"RIFF garbage"],
+    ids=["ebml-then-noise", "ogg-then-zeros", "riff-garbage"],
+)
+def test_garbage_after_a_valid_looking_header_never_raises_anything_unexpected(
+    blob: bytes,
+) -> None:
+    decoder = SessionDecoder()
+    try:
+        result = decoder.decode(blob)
+    except UndecodableAudio:
+        return
+    assert result.pcm.size == 0
+
+
+def test_bit_flipped_stream_keeps_decoding(speech_pcm: np.ndarray) -> None:
+    stream = bytearray(encode_opus_stream(speech_pcm, SAMPLE_RATE))
+    rng = np.random.default_rng(3)
+    for index in rng.integers(400, len(stream), size=40):
+        stream[index] ^= 0xFF
+    decoded = _stream_decode(cut_blobs(bytes(stream), 1.0))
+    assert decoded.size > 0.5 * speech_pcm.size

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import pytest
+
+from isweep_backend.settings import Settings, load_settings
+
+
+def test_defaults_bind_loopback_8001_with_the_bundled_model() -> None:
+    s = load_settings([], {})
+    assert (s.host, s.port, s.model) == ("127.0.0.1", 8001, "tiny.en")
+
+
+def test_flags_beat_environment_which_beats_defaults() -> None:
+    env = {"ISWEEP_PORT": "9000", "ISWEEP_MODEL": "base", "ISWEEP_SESSION_TTL_SECONDS": "5"}
+    s = load_settings(["--port", "9100"], env)
+    assert (s.port, s.model, s.session_ttl_seconds) == (9100, "base", 5.0)
+
+
+def test_bad_values_are_refused_with_the_variable_named() -> None:
+    with pytest.raises(ValueError, match="ISWEEP_PORT"):
+        load_settings([], {"ISWEEP_PORT": "eighty"})
+    with pytest.raises(ValueError, match="device"):
+        Settings(device="tpu")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="buffer_seconds"):
+        Settings(buffer_seconds=5.0)

@@ -1,0 +1,245 @@
+"""End to end: real speech, encoded like Chrome's MediaRecorder, cut at arbitrary bytes, sent
+through the real HTTP app to the real model, in the orders a real network produces."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from typing import Any
+
+import jiwer
+import numpy as np
+import pytest
+from aiohttp.test_utils import TestClient
+
+from isweep_backend.decode import SAMPLE_RATE
+from isweep_backend.engine import Engine
+from isweep_backend.keys import RUNTIME
+from isweep_backend.settings import Settings
+from tests.audio_tools import cut_blobs, encode_opus_stream
+from tests.conftest import ClientFactory, Speech, chunk_body, load_real_speech, load_synthetic
+
+pytestmark = pytest.mark.slow
+TRAILING_SILENCE_SECONDS = 2.0
+_NUMBERS = {"10": "ten", "mr": "mister"}
+
+
+def normalise(text: str) -> str:
+    text = text.lower().replace("-", " ")
+    text = re.sub(r"[^\w\s']", " ", text)
+    return " ".join(_NUMBERS.get(w, w) for w in text.split())
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    return float(jiwer.wer(normalise(reference), normalise(hypothesis) or "<empty>"))
+
+
+def offline_transcript(engine: Engine, settings: Settings, pcm: np.ndarray) -> str:
+    segments, _ = engine._model.transcribe(
+        pcm,
+        language="en",
+        beam_size=settings.beam_size,
+        vad_filter=False,
+        condition_on_previous_text=False,
+    )
+    return " ".join(s.text for s in segments)
+
+
+def padded(speech: Speech) -> np.ndarray:
+    # The recorder keeps running after the speech: silence lets the end of speech be seen.
+    silence = np.zeros(round(TRAILING_SILENCE_SECONDS * speech.rate), dtype=np.float32)
+    return np.concatenate([speech.pcm, silence])
+
+
+async def send(client: TestClient[Any, Any], seq: int, blob: bytes) -> list[dict[str, Any]]:
+    resp = await client.post("/asr/stream", json=chunk_body(blob, seq))
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    segments: list[dict[str, Any]] = body["segments"]
+    return segments
+
+
+async def drain(client: TestClient[Any, Any], last_seq: int, last_blob: bytes) -> list[Any]:
+    """Collect what is committed after the last blob: a resent seq adds no audio, so it only
+    picks up words, the way the extension's next request would."""
+    registry = client.app[RUNTIME].registry
+    assert registry is not None
+    segments: list[Any] = []
+    quiet = 0
+    for _ in range(60):
+        await asyncio.sleep(0.2)
+        got = await send(client, last_seq, last_blob)
+        segments += got
+        session = registry.get(("user-1", 7))
+        busy = session is not None and (session.pass_pending or session.reorder.held)
+        quiet = 0 if got or busy else quiet + 1
+        if quiet >= 3:
+            break
+    return segments
+
+
+async def replay(client: TestClient[Any, Any], order: list[tuple[int, bytes]]) -> list[Any]:
+    segments: list[Any] = []
+    for seq, blob in order:
+        segments += await send(client, seq, blob)
+    last_seq = max(seq for seq, _ in order)
+    last_blob = next(blob for seq, blob in order if seq == last_seq)
+    return segments + await drain(client, last_seq, last_blob)
+
+
+def words_of(segments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [w for s in segments for w in s["words"]]
+
+
+def assert_well_formed(segments: list[dict[str, Any]], audio_seconds: float) -> None:
+    previous_end = 0.0
+    for segment in segments:
+        assert segment["text"].strip()
+        assert 0.0 <= segment["confidence"] <= 1.0
+        for word in segment["words"]:
+            assert previous_end <= word["start_seconds"] <= word["end_seconds"], word
+            assert word["end_seconds"] <= audio_seconds + 0.1
+            previous_end = word["end_seconds"]
+        assert segment["start_seconds"] == segment["words"][0]["start_seconds"]
+        assert segment["end_seconds"] == segment["words"][-1]["end_seconds"]
+
+
+def order_for(case: str, blobs: list[bytes]) -> list[tuple[int, bytes]]:
+    indexed = list(enumerate(blobs))
+    rng = random.Random(11)
+    if case == "shuffled":
+        shuffled: list[tuple[int, bytes]] = []
+        for start in range(0, len(indexed), 3):
+            window = indexed[start : start + 3]
+            rng.shuffle(window)
+            shuffled += window
+        return shuffled
+    if case == "duplicates":
+        return [item for item in indexed for _ in range(1 + (item[0] % 3 == 1))]
+    return indexed
+
+
+@pytest.fixture(scope="module")
+def long_speech() -> Speech:
+    return load_synthetic("long")
+
+
+@pytest.mark.parametrize("case", ["in_order", "shuffled", "duplicates"])
+async def test_streamed_transcript_is_as_good_as_offline(
+    make_client: ClientFactory,
+    engine: Engine,
+    settings: Settings,
+    long_speech: Speech,
+    case: str,
+) -> None:
+    pcm = padded(long_speech)
+    blobs = cut_blobs(encode_opus_stream(pcm, long_speech.rate), 1.0, seed=len(case))
+    client = await make_client()
+    segments = await replay(client, order_for(case, blobs))
+    hypothesis = " ".join(s["text"] for s in segments)
+    streamed = wer(long_speech.text, hypothesis)
+    offline = wer(long_speech.text, offline_transcript(engine, settings, pcm))
+    one_word = 1 / len(normalise(long_speech.text).split())
+    assert streamed <= 1.2 * offline + one_word, (hypothesis, streamed, offline)
+    assert_well_formed(segments, pcm.size / SAMPLE_RATE)
+
+
+async def test_real_human_speech_streams_as_well_as_offline(
+    make_client: ClientFactory,
+    engine: Engine,
+    settings: Settings,
+) -> None:
+    speech = load_real_speech()
+    pcm = padded(speech)
+    client = await make_client()
+    blobs = cut_blobs(encode_opus_stream(pcm, speech.rate), 1.0, seed=3)
+    segments = await replay(client, list(enumerate(blobs)))
+    hypothesis = " ".join(s["text"] for s in segments)
+    streamed = wer(speech.text, hypothesis)
+    offline = wer(speech.text, offline_transcript(engine, settings, pcm))
+    one_word = 1 / len(normalise(speech.text).split())
+    assert streamed <= 1.2 * offline + one_word, (hypothesis, streamed, offline)
+    assert_well_formed(segments, pcm.size / SAMPLE_RATE)
+
+
+async def test_words_next_to_a_pause_are_timed_within_300_ms(
+    make_client: ClientFactory,
+) -> None:
+    speech = load_synthetic("pauses")
+    pcm = padded(speech)
+    client = await make_client()
+    blobs = cut_blobs(encode_opus_stream(pcm, speech.rate), 1.0, seed=4)
+    words = words_of(await replay(client, list(enumerate(blobs))))
+    assert_well_formed(
+        [
+            {
+                "text": "x",
+                "confidence": 1,
+                "words": words,
+                "start_seconds": words[0]["start_seconds"],
+                "end_seconds": words[-1]["end_seconds"],
+            }
+        ],
+        pcm.size / SAMPLE_RATE,
+    )
+    for pause_start, pause_end in speech.pauses:
+        before = [w for w in words if w["end_seconds"] <= pause_start + 0.3]
+        after = [w for w in words if w["start_seconds"] >= pause_end - 0.3]
+        assert before and after
+        assert abs(before[-1]["end_seconds"] - pause_start) <= 0.3, (before[-1], pause_start)
+        assert abs(after[0]["start_seconds"] - pause_end) <= 0.3, (after[0], pause_end)
+
+
+async def test_a_lost_blob_costs_only_its_own_audio_and_later_times_stay_true(
+    make_client: ClientFactory,
+    long_speech: Speech,
+) -> None:
+    pcm = padded(long_speech)
+    blobs = cut_blobs(encode_opus_stream(pcm, long_speech.rate), 1.0, seed=8)
+    lost = 16  # inside the fourth sentence (14.75 s to 18.53 s)
+    order = [(seq, blob) for seq, blob in enumerate(blobs) if seq != lost]
+    client = await make_client(reorder_wait_seconds=0.5)
+    words = words_of(await replay(client, order))
+    meta = load_synthetic("long")
+    sentences = _sentences(meta)
+    for text, start, end in sentences:
+        if start <= lost + 1 and end >= lost - 1:
+            continue  # the sentence that lost a second of audio
+        heard = " ".join(w["word"] for w in words if start - 0.3 <= w["start_seconds"] <= end)
+        assert wer(text, heard) <= 0.2, (text, heard)
+    _last_text, last_start, _ = sentences[-1]
+    first_of_last = next(w for w in words if w["start_seconds"] >= last_start - 0.5)
+    assert abs(first_of_last["start_seconds"] - last_start) <= 0.3
+
+
+def _sentences(speech: Speech) -> list[tuple[str, float, float]]:
+    import json
+
+    from tests.audio_tools import FIXTURES
+
+    meta = json.loads((FIXTURES / f"{speech.name}.json").read_text())
+    return [(s["text"], s["start_s"], s["end_s"]) for s in meta["sentences"]]
+
+
+async def test_recorder_restart_mid_session_keeps_the_clock_and_the_words(
+    make_client: ClientFactory,
+    engine: Engine,
+    settings: Settings,
+    long_speech: Speech,
+) -> None:
+    pcm = padded(long_speech)
+    split = round(13.5 * SAMPLE_RATE)  # inside the pause after the third sentence
+    first = cut_blobs(encode_opus_stream(pcm[:split], SAMPLE_RATE), 1.0, seed=1)
+    # After stop() + start(2000): a new WebM stream with its own header, 2 s blobs, seq goes on.
+    second = cut_blobs(encode_opus_stream(pcm[split:], SAMPLE_RATE), 2.0, seed=2)
+    client = await make_client()
+    segments = await replay(client, list(enumerate(first + second)))
+    hypothesis = " ".join(s["text"] for s in segments)
+    offline = wer(long_speech.text, offline_transcript(engine, settings, pcm))
+    one_word = 1 / len(normalise(long_speech.text).split())
+    assert wer(long_speech.text, hypothesis) <= 1.2 * offline + one_word, hypothesis
+    assert_well_formed(segments, pcm.size / SAMPLE_RATE)
+    _last_text, last_start, _ = _sentences(long_speech)[-1]
+    first_of_last = next(w for w in words_of(segments) if w["start_seconds"] >= last_start - 0.5)
+    assert abs(first_of_last["start_seconds"] - last_start) <= 0.3
