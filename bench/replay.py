@@ -622,6 +622,10 @@ async def main_async(args: argparse.Namespace) -> int:
     errors = [r for r in records if r.status != 200]
     for r in errors[:5]:
         out.append(f"  failed: session {r.session} seq {r.seq} status {r.status} {r.error}")
+    slow = [r for r in records if (r.rtt or 0.0) > SLOW_RTT_SECONDS]
+    for r in slow[:5]:
+        kind = " (duplicate)" if r.duplicate else ""
+        out.append(f"  slow: session {r.session} seq {r.seq}{kind} round trip {fmt(r.rtt)} s")
     if args.show_transcripts:
         for plan, figs in zip(plans, per_session, strict=True):
             out.append(f"transcript session {plan.index}: {figs.transcript}")

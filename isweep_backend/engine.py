@@ -18,10 +18,13 @@ from .ringbuffer import Pcm
 from .settings import Settings
 
 SAMPLE_RATE = 16_000
+FRAMES_PER_SECOND = 100  # Whisper's log-mel hop is 10 ms
+FULL_WINDOW_FRAMES = 30 * FRAMES_PER_SECOND
 # Audio kept before the first speech VAD finds, so Whisper hears the onset.
 SPEECH_LEAD_SAMPLES = SAMPLE_RATE * 3 // 10
-# A word that does not come this close to any VAD speech region is taken as invented.
-SPEECH_REGION_PAD_SAMPLES = SAMPLE_RATE // 5
+# A word that does not come this close to any VAD speech region is taken as invented (or as
+# the start of speech that VAD has not confirmed yet: the next pass will have it).
+SPEECH_REGION_PAD_SAMPLES = SAMPLE_RATE // 10
 MAX_LOOP_NGRAM = 8
 # Decoding budget: generous for speech (~4 tokens a second), but it stops a looping decoder.
 TOKENS_PER_SECOND_BUDGET = 8
@@ -84,6 +87,32 @@ class EngineInfo:
     load_seconds: float
 
 
+def windowed_model_class() -> Any:
+    """faster-whisper's model with a shorter encoder window.
+
+    Whisper's encoder always sees 30 s of features, the audio padded with zeros, and that
+    fixed cost dominates a streaming pass over a few seconds of audio. CTranslate2 accepts
+    fewer frames, so padding beyond `encoder_window_frames` is cut (never real audio). A
+    20 s window gave the same WER as 30 s on our fixtures at 1.6x the speed (bench/).
+    """
+    from faster_whisper import WhisperModel
+
+    class WindowedWhisperModel(WhisperModel):  # type: ignore[misc]
+        encoder_window_frames = FULL_WINDOW_FRAMES
+
+        def encode(self, features: Any) -> Any:
+            frames = features.shape[-1]
+            if self.encoder_window_frames < frames:
+                # faster-whisper pads features with exact zeros; real log-mel frames never are.
+                flat = features.reshape(-1, features.shape[-2], frames)
+                used = np.flatnonzero(np.any(flat != 0, axis=(0, 1)))
+                content = int(used[-1]) + 1 if used.size else 0
+                features = features[..., : max(self.encoder_window_frames, content)]
+            return super().encode(features)
+
+    return WindowedWhisperModel
+
+
 def choose_device(requested: str) -> str:
     if requested != "auto":
         return requested
@@ -117,8 +146,6 @@ class Engine:
     @classmethod
     def load(cls, settings: Settings) -> Engine:
         """Resolve and load the model (blocking: call it from an executor)."""
-        from faster_whisper import WhisperModel
-
         started = time.perf_counter()
         cache = settings.model_cache_dir or None
         resolved: ResolvedModel = resolve_model(
@@ -126,13 +153,15 @@ class Engine:
         )
         device = choose_device(settings.device)
         compute_type = choose_compute_type(settings.compute_type, device)
-        model = WhisperModel(
+        model_class = windowed_model_class()
+        model = model_class(
             resolved.location,
             device=device,
             compute_type=compute_type,
             cpu_threads=settings.cpu_threads or (os.cpu_count() or 1),
             num_workers=settings.inference_workers,
         )
+        model.encoder_window_frames = round(settings.encoder_window_seconds * FRAMES_PER_SECOND)
         english_only = not model.model.is_multilingual
         engine = cls(
             settings,

@@ -78,9 +78,15 @@ class LocalAgreementPolicy:
             speech_end is not None and result.audio_end - speech_end >= self.end_of_speech_samples
         )
         if speech_over and rest:
-            decision.by_end_of_speech = len(rest)
-            self._commit(rest, decision)
-            rest = []
+            assert speech_end is not None
+            # Only the words of the speech that ended; any word after it is new speech that
+            # VAD has not confirmed yet, and waits for agreement like any other.
+            finished = 0
+            while finished < len(rest) and rest[finished].start < speech_end:
+                finished += 1
+            decision.by_end_of_speech = finished
+            self._commit(rest[:finished], decision)
+            rest = rest[finished:]
         overdue = 0
         while overdue < len(rest) and rest[overdue].end <= result.audio_end - self.deadline_samples:
             overdue += 1

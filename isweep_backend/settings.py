@@ -54,6 +54,13 @@ class Settings:
         default=1, metadata={"help": "recognition passes that may run at the same time"}
     )
     beam_size: int = field(default=1, metadata={"help": "decoder beam size (1 = greedy)"})
+    encoder_window_seconds: float = field(
+        default=20.0,
+        metadata={
+            "help": "audio window the encoder sees, 10 to 30 s; Whisper's own is 30, "
+            "shorter is faster (padding is cut, never audio)"
+        },
+    )
     model_cache_dir: str = field(
         default="",
         metadata={"help": "where split bundled models are joined; default: the user cache"},
@@ -91,8 +98,10 @@ class Settings:
     )
     trim_seconds: float = field(
         default=8.0,
-        metadata={"help": "buffered audio beyond which the buffer is cut in a pause behind "
-                  "the committed words"},
+        metadata={
+            "help": "buffered audio beyond which the buffer is cut in a pause behind "
+            "the committed words"
+        },
     )
     vad_threshold: float = field(default=0.5, metadata={"help": "Silero VAD speech threshold"})
     end_of_speech_seconds: float = field(
@@ -150,6 +159,8 @@ def _validation_problems(s: Settings) -> list[str]:
     for name in ("reorder_wait_seconds", "response_wait_seconds", "cpu_threads"):
         if getattr(s, name) < 0:
             problems.append(f"{name} must be >= 0")
+    if not 10.0 <= s.encoder_window_seconds <= 30.0:
+        problems.append("encoder_window_seconds must be from 10 to 30")
     if s.trim_seconds + s.commit_deadline_seconds > s.buffer_seconds:
         problems.append("buffer_seconds must hold trim_seconds + commit_deadline_seconds")
     return problems

@@ -37,6 +37,22 @@ def wav_bytes(pcm: Pcm, rate: int = 16000) -> bytes:
     return buf.getvalue()
 
 
+def encode_file(pcm: Pcm, rate: int, container: str, codec: str) -> bytes:
+    """A whole, self-contained file (e.g. "mp3"/"libmp3lame", "mp4"/"aac") from mono PCM."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=container) as out:
+        stream = out.add_stream(codec, rate=rate, layout="mono")
+        frame = av.AudioFrame.from_ndarray(
+            pcm.reshape(1, -1).astype(np.float32), format="flt", layout="mono"
+        )
+        frame.sample_rate = rate
+        frame.pts = 0
+        frame.time_base = Fraction(1, rate)
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    return buf.getvalue()
+
+
 def _resample(pcm: Pcm, rate: int, target: int) -> Pcm:
     if rate == target:
         return pcm

@@ -134,3 +134,27 @@ async def test_metrics_endpoint_serves_prometheus_text(make_client: ClientFactor
     assert resp.status == 200 and resp.content_type == "text/plain"
     assert 'isweep_http_requests_total{route="/healthz",status_class="2xx"}' in text
     assert "user-1" not in text
+
+
+async def test_seq_zero_with_a_new_header_starts_a_new_timeline(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client()
+    speech = load_synthetic("pauses")
+    first = cut_blobs(encode_opus_stream(speech.pcm[: 3 * SAMPLE_RATE], SAMPLE_RATE), 1.0)
+    second = cut_blobs(encode_opus_stream(speech.pcm[SAMPLE_RATE:], SAMPLE_RATE), 1.0)
+    for seq, blob in enumerate(first):
+        await post(client, chunk_body(blob, seq))
+    registry = client.app[RUNTIME].registry
+    assert registry is not None
+    old = registry.get(("user-1", 7))
+    assert old is not None and old.ring.end > 2 * SAMPLE_RATE
+    # A resent seq 0 is the same capture ...
+    await post(client, chunk_body(first[0], 0))
+    assert registry.get(("user-1", 7)) is old
+    # ... a seq 0 with another header is a new one, whose clock starts again at 0.
+    await post(client, chunk_body(second[0], 0))
+    new = registry.get(("user-1", 7))
+    assert new is not None and new is not old and old.closed
+    assert new.ring.end < 1.5 * SAMPLE_RATE
+    assert client.app[METRICS].sessions_evicted.labels("new_capture")._value.get() == 1

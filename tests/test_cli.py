@@ -26,7 +26,10 @@ def test_module_starts_offline_reports_ready_and_stops_on_sigterm() -> None:
     env = {**os.environ, "ISWEEP_PORT": str(port), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "isweep_backend", "--log-format", "json"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         ready = None
@@ -49,9 +52,18 @@ def test_module_starts_offline_reports_ready_and_stops_on_sigterm() -> None:
 
 def test_unknown_model_path_fails_fast_with_exit_code_2() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "isweep_backend", "--model", "./no/such/model",
-         "--log-format", "json"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "isweep_backend",
+            "--model",
+            "./no/such/model",
+            "--log-format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
     assert "model_not_found" in proc.stdout

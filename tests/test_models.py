@@ -27,7 +27,7 @@ def test_a_folder_is_used_as_is_and_a_missing_one_is_refused(tmp_path: Path) -> 
     assert resolve_model(str(bundled)).source == "path"
     with pytest.raises(ModelNotFound):
         resolve_model(str(tmp_path / "nowhere" / "model"))
-    with pytest.raises(ModelNotFound, match="model.bin"):
+    with pytest.raises(ModelNotFound, match=r"model\.bin"):
         resolve_model(str(tmp_path))
 
 

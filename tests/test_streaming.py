@@ -188,7 +188,7 @@ async def test_words_next_to_a_pause_are_timed_within_300_ms(
         after = [w for w in words if w["start_seconds"] >= pause_end - 0.3]
         assert before and after
         assert abs(before[-1]["end_seconds"] - pause_start) <= 0.3, (before[-1], pause_start)
-        assert abs(after[0]["start_seconds"] - pause_end) <= 0.3, (after[0], pause_end)
+        assert abs(after[0]["start_seconds"] - pause_end) <= 0.3, (after[0], pause_end, words)
 
 
 async def test_a_lost_blob_costs_only_its_own_audio_and_later_times_stay_true(
