@@ -16,7 +16,7 @@ from .keys import DECODE_EXECUTOR, METRICS, PASS_EXECUTOR, RUNTIME, SETTINGS, Ru
 from .metrics import Metrics
 from .scheduler import PassScheduler
 from .sessions import SessionRegistry
-from .settings import Settings
+from .settings import Settings, parallelism
 
 log = structlog.get_logger("isweep_backend.app")
 SHUTDOWN_PASS_GRACE_SECONDS = 10.0
@@ -40,7 +40,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
 async def _executors(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     app[PASS_EXECUTOR] = ThreadPoolExecutor(
-        settings.inference_workers, thread_name_prefix="isweep-pass"
+        parallelism(settings)[0], thread_name_prefix="isweep-pass"
     )
     app[DECODE_EXECUTOR] = ThreadPoolExecutor(1, thread_name_prefix="isweep-decode")
     yield
@@ -91,7 +91,7 @@ def _install_engine(app: web.Application, engine: Engine) -> None:
         engine,
         app[PASS_EXECUTOR],
         metrics,
-        settings.inference_workers,
+        parallelism(settings)[0],
         settings.min_pass_audio_seconds,
     )
     registry = SessionRegistry(

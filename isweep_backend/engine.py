@@ -5,7 +5,6 @@ nothing here touches the event loop.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ import numpy as np
 
 from .models import ResolvedModel, resolve_model
 from .ringbuffer import Pcm
-from .settings import Settings
+from .settings import Settings, parallelism
 
 SAMPLE_RATE = 16_000
 FRAMES_PER_SECOND = 100  # Whisper's log-mel hop is 10 ms
@@ -153,13 +152,14 @@ class Engine:
         )
         device = choose_device(settings.device)
         compute_type = choose_compute_type(settings.compute_type, device)
+        workers, threads = parallelism(settings)
         model_class = windowed_model_class()
         model = model_class(
             resolved.location,
             device=device,
             compute_type=compute_type,
-            cpu_threads=settings.cpu_threads or (os.cpu_count() or 1),
-            num_workers=settings.inference_workers,
+            cpu_threads=threads,
+            num_workers=workers,
         )
         model.encoder_window_frames = round(settings.encoder_window_seconds * FRAMES_PER_SECOND)
         english_only = not model.model.is_multilingual

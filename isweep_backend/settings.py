@@ -48,10 +48,14 @@ class Settings:
         },
     )
     cpu_threads: int = field(
-        default=0, metadata={"help": "CTranslate2 threads per pass; 0 = one per core"}
+        default=0, metadata={"help": "CTranslate2 threads per pass; 0 = cores / workers"}
     )
     inference_workers: int = field(
-        default=1, metadata={"help": "recognition passes that may run at the same time"}
+        default=0,
+        metadata={
+            "help": "recognition passes that may run at the same time; 0 = one per "
+            "core, at most 4 (on 2 cores, two 1-thread passes beat one 2-thread pass)"
+        },
     )
     beam_size: int = field(default=1, metadata={"help": "decoder beam size (1 = greedy)"})
     encoder_window_seconds: float = field(
@@ -128,6 +132,17 @@ class Settings:
             raise ValueError("invalid settings: " + "; ".join(problems))
 
 
+MAX_AUTO_WORKERS = 4
+
+
+def parallelism(settings: Settings, cores: int | None = None) -> tuple[int, int]:
+    """(passes at once, CTranslate2 threads per pass), with 0s resolved from the core count."""
+    cores = cores or os.cpu_count() or 1
+    workers = settings.inference_workers or min(cores, MAX_AUTO_WORKERS)
+    threads = settings.cpu_threads or max(1, cores // workers)
+    return workers, threads
+
+
 def env_name(field_name: str) -> str:
     return ENV_PREFIX + field_name.upper()
 
@@ -145,7 +160,6 @@ def _validation_problems(s: Settings) -> list[str]:
         "buffer_seconds",
         "session_ttl_seconds",
         "max_sessions",
-        "inference_workers",
         "beam_size",
         "max_held_blobs",
         "min_pass_audio_seconds",
@@ -156,7 +170,12 @@ def _validation_problems(s: Settings) -> list[str]:
     for name in positive:
         if getattr(s, name) <= 0:
             problems.append(f"{name} must be > 0")
-    for name in ("reorder_wait_seconds", "response_wait_seconds", "cpu_threads"):
+    for name in (
+        "reorder_wait_seconds",
+        "response_wait_seconds",
+        "cpu_threads",
+        "inference_workers",
+    ):
         if getattr(s, name) < 0:
             problems.append(f"{name} must be >= 0")
     if not 10.0 <= s.encoder_window_seconds <= 30.0:

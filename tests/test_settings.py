@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from isweep_backend.settings import Settings, load_settings
+from isweep_backend.settings import Settings, load_settings, parallelism
 
 
 def test_defaults_bind_loopback_8001_with_the_bundled_model() -> None:
@@ -23,3 +23,10 @@ def test_bad_values_are_refused_with_the_variable_named() -> None:
         Settings(device="tpu")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="buffer_seconds"):
         Settings(buffer_seconds=5.0)
+
+
+def test_parallelism_defaults_to_one_single_thread_pass_per_core() -> None:
+    assert parallelism(Settings(), cores=2) == (2, 1)
+    assert parallelism(Settings(), cores=16) == (4, 4)
+    assert parallelism(Settings(inference_workers=1), cores=2) == (1, 2)
+    assert parallelism(Settings(inference_workers=1, cpu_threads=3), cores=2) == (1, 3)
