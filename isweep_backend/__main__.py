@@ -30,11 +30,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModelNotFound as exc:
         log.error("model_not_found", model=settings.model, reason=str(exc))
         return 2
-    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.auth_token:
         log.warning(
             "listening_beyond_loopback",
             host=settings.host,
-            hint="anyone who can reach this address can use the service",
+            hint="anyone who can reach this address can use the service; set ISWEEP_AUTH_TOKEN",
         )
     log.info("starting", host=settings.host, port=settings.port, model=settings.model)
     web.run_app(

@@ -13,7 +13,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .errors import InvalidRequest, ModelNotReady, SessionLimit
+from .errors import InvalidRequest, ModelNotReady, Overloaded, RateLimited, SessionLimit
 from .keys import METRICS, RUNTIME, SETTINGS
 from .schema import error_body, parse_chunk, segments_from_words
 from .session import session_hash
@@ -107,6 +107,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except SessionLimit as exc:
         log.warning("session_limit_reached", reason=str(exc))
         response = json_error(503, "session_limit", str(exc), **RETRY_AFTER)
+    except Overloaded as exc:
+        response = json_error(503, "overloaded", str(exc), **RETRY_AFTER)
+    except RateLimited as exc:
+        log.info("request_rejected", code=exc.code)
+        response = json_error(429, exc.code, str(exc), **RETRY_AFTER)
     except ModelNotReady as exc:
         response = json_error(503, "model_not_ready", str(exc), **RETRY_AFTER)
     except web.HTTPRequestEntityTooLarge:

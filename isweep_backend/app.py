@@ -15,6 +15,7 @@ from .engine import Engine
 from .keys import DECODE_EXECUTOR, METRICS, PASS_EXECUTOR, RUNTIME, SETTINGS, Runtime
 from .metrics import Metrics
 from .scheduler import PassScheduler
+from .security import auth_middleware, cors_middleware
 from .sessions import SessionRegistry
 from .settings import Settings, parallelism
 
@@ -26,7 +27,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     """The whole service. Pass a loaded `engine` to share one model between apps (tests);
     otherwise the model loads in the background and /readyz turns 200 when it is warm."""
     app = web.Application(
-        client_max_size=settings.max_request_bytes, middlewares=[error_middleware]
+        client_max_size=settings.max_request_bytes,
+        # Outermost first: every answer, refusals included, is JSON, counted and logged.
+        middlewares=[error_middleware, cors_middleware(settings), auth_middleware(settings)],
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
@@ -95,7 +98,12 @@ def _install_engine(app: web.Application, engine: Engine) -> None:
         settings.min_pass_audio_seconds,
     )
     registry = SessionRegistry(
-        settings, metrics, app[DECODE_EXECUTOR], scheduler.request, engine.session_language()
+        settings,
+        metrics,
+        app[DECODE_EXECUTOR],
+        scheduler.request,
+        engine.session_language(),
+        scheduler.load_seconds,
     )
     runtime = app[RUNTIME]
     runtime.scheduler = scheduler

@@ -28,6 +28,18 @@ class SessionLimit(IsweepError):
     """The service holds as many sessions as it may; a new one must retry later (503)."""
 
 
+class Overloaded(IsweepError):
+    """Recognition cannot keep up: new sessions are shed so existing ones stay live (503)."""
+
+
+class RateLimited(IsweepError):
+    """A client sends faster than any recorder does: too many requests or sessions (429)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class ModelNotReady(IsweepError):
     """The model is still loading, or failed to load (503)."""
 

@@ -3,6 +3,11 @@
 Each session is in the queue at most once (a request that finds its session queued or running
 coalesces: the next pass sees all new audio), and a session goes to the back after its pass,
 so sessions take turns. Passes run on an executor the app owns, never on the event loop.
+
+Under load the service degrades before it refuses: each pass must cover at least the minimum
+new audio plus the current queue wait, so sessions get fewer, longer passes; the registry
+sheds new sessions once the wait passes its limit. The queue never holds more entries than
+there are sessions.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from .metrics import Metrics
 from .session import Session
 
 log = structlog.get_logger("isweep_backend.scheduler")
+WAIT_EWMA_WEIGHT = 0.2
+# Under load a pass waits for at most this much extra new audio.
+MAX_DEGRADE_SECONDS = 3.0
 
 
 class PassScheduler:
@@ -37,6 +45,7 @@ class PassScheduler:
         self._metrics = metrics
         self._workers = workers
         self._min_new_samples = round(min_pass_seconds * SAMPLE_RATE)
+        self._wait_ewma = 0.0
         self._queue: deque[Session] = deque()
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -62,8 +71,18 @@ class PassScheduler:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
 
+    def load_seconds(self) -> float:
+        """How far behind recognition is: the recent mean queue wait, or the wait of the
+        oldest queued session if that is longer (a stall shows before any pass ends)."""
+        oldest = time.perf_counter() - self._queue[0].pass_enqueued_at if self._queue else 0.0
+        return max(self._wait_ewma, oldest)
+
+    def min_new_samples(self) -> int:
+        extra = min(MAX_DEGRADE_SECONDS, self.load_seconds())
+        return self._min_new_samples + round(extra * SAMPLE_RATE)
+
     def request(self, session: Session) -> None:
-        if session.pass_pending or not session.needs_pass(self._min_new_samples):
+        if session.pass_pending or not session.needs_pass(self.min_new_samples()):
             return
         session.pass_pending = True
         session.pass_enqueued_at = time.perf_counter()
@@ -84,7 +103,9 @@ class PassScheduler:
                 session.pass_pending = False
                 continue
             started = time.perf_counter()
-            self._metrics.queue_wait.observe(started - session.pass_enqueued_at)
+            waited = started - session.pass_enqueued_at
+            self._wait_ewma = (1 - WAIT_EWMA_WEIGHT) * self._wait_ewma + WAIT_EWMA_WEIGHT * waited
+            self._metrics.queue_wait.observe(waited)
             request = session.make_pass_request()
             new_audio = request.offset + request.audio.size - session.processed_end
             self.running += 1

@@ -20,6 +20,7 @@ from .engine import PassRequest, PassResult, Word
 from .errors import UndecodableAudio
 from .metrics import Metrics
 from .policy import LocalAgreementPolicy
+from .ratelimit import TokenBucket
 from .reorder import Arrival, Blob, Gap, ReorderBuffer, Step
 from .ringbuffer import PcmRingBuffer
 from .settings import Settings
@@ -64,6 +65,9 @@ class Session:
         self.seq0_digest: bytes | None = None  # to tell a resent seq 0 from a new capture
         self.last_seen = time.monotonic()
         self.closed = False
+        self.rate_limit = TokenBucket(
+            settings.max_requests_per_second, 2 * settings.max_requests_per_second, self.last_seen
+        )
         self.reorder = ReorderBuffer(
             first_seq, settings.reorder_wait_seconds, settings.max_held_blobs
         )

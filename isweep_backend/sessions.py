@@ -11,7 +11,7 @@ from concurrent.futures import Executor
 import structlog
 
 from .decode import SAMPLE_RATE, starts_stream
-from .errors import SessionLimit
+from .errors import IsweepError, Overloaded, RateLimited, SessionLimit
 from .metrics import Metrics
 from .schema import Chunk
 from .session import Outcome, Session, SessionKey, is_new_capture
@@ -28,13 +28,16 @@ class SessionRegistry:
         decode_executor: Executor,
         request_pass: Callable[[Session], None],
         default_language: str | None,
+        load_seconds: Callable[[], float],
     ) -> None:
         self._settings = settings
         self._metrics = metrics
         self._decode_executor = decode_executor
         self._request_pass = request_pass
         self._default_language = default_language
+        self._load_seconds = load_seconds
         self._sessions: dict[SessionKey, Session] = {}
+        self._per_user: dict[str, int] = {}
         self._evictor: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
@@ -51,14 +54,48 @@ class SessionRegistry:
             session = None
         if session is None:
             session = self._create(key, chunk)
+        elif not session.rate_limit.take(time.monotonic()):
+            self._metrics.requests_shed.labels("rate_limit").inc()
+            raise RateLimited(
+                "rate_limited",
+                "this session sends faster than "
+                f"{self._settings.max_requests_per_second:g} requests a second",
+            )
         return await session.accept(chunk.seq, chunk.audio)
 
-    def _create(self, key: SessionKey, chunk: Chunk) -> Session:
-        if len(self._sessions) >= self._settings.max_sessions:
-            self._metrics.requests_shed.labels("session_limit").inc()
-            raise SessionLimit(
-                f"the service holds its maximum of {self._settings.max_sessions} sessions"
+    def _admit(self, user_id: str) -> None:
+        """Refuse a new session, fast, if the service or this user cannot take one more."""
+        refusal = self._refusal(user_id)
+        if refusal is not None:
+            reason, error = refusal
+            self._metrics.requests_shed.labels(reason).inc()
+            log.warning("session_refused", reason=reason)
+            raise error
+
+    def _refusal(self, user_id: str) -> tuple[str, IsweepError] | None:
+        s = self._settings
+        if len(self._sessions) >= s.max_sessions:
+            return "session_limit", SessionLimit(
+                f"the service holds its maximum of {s.max_sessions} sessions"
             )
+        if self._per_user.get(user_id, 0) >= s.max_sessions_per_user:
+            return "user_session_limit", RateLimited(
+                "too_many_sessions",
+                f"this user_id holds its maximum of {s.max_sessions_per_user} sessions",
+            )
+        if self._load_seconds() > s.overload_queue_wait_seconds:
+            return "overloaded", Overloaded(
+                "recognition is behind; new sessions are refused until it catches up"
+            )
+        if self.buffered_seconds() > s.max_buffered_audio_seconds:
+            return "buffer_limit", Overloaded("the service holds its maximum of buffered audio")
+        return None
+
+    def buffered_seconds(self) -> float:
+        return sum(len(s.ring) for s in self._sessions.values()) / SAMPLE_RATE
+
+    def _create(self, key: SessionKey, chunk: Chunk) -> Session:
+        self._admit(key[0])
         # A blob that opens a stream starts the session's seq count there; any other first
         # blob waits (bounded) for the seqs before it, seq 0 with its header first.
         first_seq = chunk.seq if starts_stream(chunk.audio) else 0
@@ -72,6 +109,7 @@ class SessionRegistry:
             first_seq,
         )
         self._sessions[key] = session
+        self._per_user[key[0]] = self._per_user.get(key[0], 0) + 1
         self._metrics.sessions_started.inc()
         self._metrics.active_sessions.set(len(self._sessions))
         log.info("session_started", session=session.log_key, first_seq=first_seq)
@@ -80,6 +118,11 @@ class SessionRegistry:
     def _remove(self, session: Session, reason: str) -> None:
         if self._sessions.get(session.key) is session:
             del self._sessions[session.key]
+            left = self._per_user.get(session.key[0], 1) - 1
+            if left > 0:
+                self._per_user[session.key[0]] = left
+            else:
+                self._per_user.pop(session.key[0], None)
         session.close()
         self._metrics.sessions_evicted.labels(reason).inc()
         self._metrics.active_sessions.set(len(self._sessions))

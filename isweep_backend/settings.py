@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -26,6 +26,25 @@ class Settings:
     max_request_bytes: int = field(
         default=4 * 1024 * 1024,
         metadata={"help": "largest accepted request body; larger answers 413"},
+    )
+    auth_token: str = field(
+        default="",
+        repr=False,
+        metadata={
+            "help": "if set, every route but /healthz needs 'Authorization: Bearer "
+            "<token>' (401 otherwise)",
+            "secret": True,
+        },
+    )
+    metrics_require_token: bool = field(
+        default=False, metadata={"help": "also require the token on /metrics"}
+    )
+    cors_origins: str = field(
+        default="chrome-extension://*",
+        metadata={
+            "help": "comma-separated origins allowed to call the API from a browser; "
+            "a trailing * matches any suffix; other origins get 403"
+        },
     )
     # --- model ------------------------------------------------------------------------------
     model: str = field(
@@ -78,6 +97,24 @@ class Settings:
     )
     max_sessions: int = field(
         default=64, metadata={"help": "live sessions; a new one beyond this answers 503"}
+    )
+    max_sessions_per_user: int = field(
+        default=8, metadata={"help": "live sessions of one user_id; beyond this answers 429"}
+    )
+    max_requests_per_second: float = field(
+        default=10.0,
+        metadata={"help": "per-session request rate (bursts of twice this); beyond answers 429"},
+    )
+    max_buffered_audio_seconds: float = field(
+        default=1800.0,
+        metadata={"help": "audio buffered over all sessions beyond which new sessions get 503"},
+    )
+    overload_queue_wait_seconds: float = field(
+        default=2.0,
+        metadata={
+            "help": "mean wait for a pass beyond which the service sheds new sessions "
+            "(503); existing sessions get fewer, longer passes"
+        },
     )
     reorder_wait_seconds: float = field(
         default=2.0, metadata={"help": "how long a missing seq is waited for before skipping"}
@@ -157,6 +194,10 @@ def _validation_problems(s: Settings) -> list[str]:
         problems.append(f"log_format must be one of {get_args(LogFormat)}")
     positive = (
         "max_request_bytes",
+        "max_sessions_per_user",
+        "max_requests_per_second",
+        "max_buffered_audio_seconds",
+        "overload_queue_wait_seconds",
         "buffer_seconds",
         "session_ttl_seconds",
         "max_sessions",
@@ -185,7 +226,19 @@ def _validation_problems(s: Settings) -> list[str]:
     return problems
 
 
-_FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in dataclasses.fields(Settings)}
+def parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{raw!r} is not a boolean (true/false)")
+
+
+_FIELD_TYPES: dict[str, Callable[[str], Any]] = {
+    f.name: parse_bool if isinstance(f.default, bool) else type(f.default)
+    for f in dataclasses.fields(Settings)
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,7 +246,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="isweep-backend",
         description="Real-time speech-to-text for the ISweep extension. Every flag can also be "
         "set with the environment variable shown in brackets.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     for f in dataclasses.fields(Settings):
         kind = _FIELD_TYPES[f.name]
@@ -202,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
             dest=f.name,
             type=kind,
             default=argparse.SUPPRESS,
-            help=f"{f.metadata.get('help', '')} [{env_name(f.name)}] (default: {f.default})",
+            help=f"{f.metadata.get('help', '')} [{env_name(f.name)}]"
+            + ("" if f.metadata.get("secret") else f" (default: {f.default!r})"),
         )
     return parser
 

@@ -7,9 +7,11 @@ import time
 from typing import Any
 
 import numpy as np
+import pytest
 from aiohttp.test_utils import TestClient
 
 from isweep_backend.decode import SAMPLE_RATE
+from isweep_backend.engine import Engine, PassRequest, PassResult
 from isweep_backend.keys import METRICS, RUNTIME
 from tests.audio_tools import cut_blobs, encode_opus_stream, wav_bytes
 from tests.conftest import ClientFactory, chunk_body, load_synthetic
@@ -158,3 +160,33 @@ async def test_seq_zero_with_a_new_header_starts_a_new_timeline(
     assert new is not None and new is not old and old.closed
     assert new.ring.end < 1.5 * SAMPLE_RATE
     assert client.app[METRICS].sessions_evicted.labels("new_capture")._value.get() == 1
+
+
+async def test_a_pass_that_raises_answers_200_and_the_session_goes_on(
+    make_client: ClientFactory, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection (a stand-in for a real inference failure such as a CUDA error): the
+    first pass raises, later ones run the real model."""
+    real_run_pass = engine.run_pass
+    calls = 0
+
+    def failing_once(request: PassRequest) -> PassResult:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("injected inference fault")
+        return real_run_pass(request)
+
+    monkeypatch.setattr(engine, "run_pass", failing_once)
+    client = await make_client(response_wait_seconds=10.0)
+    speech = load_synthetic("pauses").pcm
+    status, body = await post(client, chunk_body(wav_bytes(speech[: 4 * SAMPLE_RATE]), 0))
+    assert (status, body) == (200, {"segments": []})
+    assert client.app[METRICS].passes.labels("error")._value.get() == 1
+    words: list[str] = []
+    for seq in range(1, 4):
+        chunk = speech[(seq + 3) * SAMPLE_RATE : (seq + 4) * SAMPLE_RATE]
+        status, body = await post(client, chunk_body(wav_bytes(chunk), seq))
+        assert status == 200
+        words += [w["word"] for s in body["segments"] for w in s["words"]]
+    assert words, "the session recognised speech again after the fault"

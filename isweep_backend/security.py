@@ -1,0 +1,91 @@
+"""Who may call the service: browser origins (CORS) and the optional bearer token."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from .schema import error_body
+from .settings import Settings
+
+log = structlog.get_logger("isweep_backend.security")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+OPEN_ROUTES = frozenset({"/healthz"})
+PREFLIGHT_MAX_AGE_SECONDS = "600"
+
+
+def origin_allowed(origin: str, allowed: list[str]) -> bool:
+    for pattern in allowed:
+        if pattern.endswith("*"):
+            if origin.startswith(pattern[:-1]):
+                return True
+        elif origin == pattern:
+            return True
+    return False
+
+
+def parse_origins(raw: str) -> list[str]:
+    return [o.strip() for o in raw.split(",") if o.strip()]
+
+
+def token_matches(header: str | None, token: str) -> bool:
+    if not header or not header.startswith("Bearer "):
+        return False
+    # Constant time, so the answer's timing tells nothing about the token.
+    return hmac.compare_digest(header[len("Bearer ") :].encode(), token.encode())
+
+
+def cors_middleware(settings: Settings) -> Middleware:
+    allowed = parse_origins(settings.cors_origins)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return await handler(request)  # not a browser's cross-origin call: nothing to do
+        if not origin_allowed(origin, allowed):
+            log.info("origin_refused", origin=origin[:100])
+            return web.json_response(
+                error_body("origin_not_allowed", "this origin may not call the service"),
+                status=403,
+            )
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            response: web.StreamResponse = web.Response(status=204)
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization"
+            response.headers["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE_SECONDS
+        else:
+            response = await handler(request)
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
+        return response
+
+    return middleware
+
+
+def auth_middleware(settings: Settings) -> Middleware:
+    open_routes = set(OPEN_ROUTES)
+    if not settings.metrics_require_token:
+        open_routes.add("/metrics")
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if (
+            not settings.auth_token
+            or request.path in open_routes
+            or request.method == "OPTIONS"
+            or token_matches(request.headers.get("Authorization"), settings.auth_token)
+        ):
+            return await handler(request)
+        return web.json_response(
+            error_body("unauthorized", "a valid 'Authorization: Bearer <token>' is required"),
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="isweep-backend"'},
+        )
+
+    return middleware
