@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .errors import InvalidRequest, ModelNotReady, Overloaded, RateLimited, SessionLimit
 from .keys import METRICS, RUNTIME, SETTINGS
+from .openapi import add_docs_routes
 from .schema import error_body, parse_chunk, segments_from_words
 from .session import session_hash
 
@@ -138,3 +139,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    add_docs_routes(app)

@@ -145,6 +145,7 @@ class SessionDecoder:
         self._gap_estimate_samples = 0
         self._stream_blobs = 0
         self._stream_samples = 0
+        self._magic_prefix = b""  # a first blob too short to tell its container yet
         self.streams_started = 0
 
     @property
@@ -173,6 +174,13 @@ class SessionDecoder:
         return result
 
     def _decode(self, blob: bytes) -> DecodeResult:
+        if not self.has_stream:
+            blob, self._magic_prefix = self._magic_prefix + blob, b""
+            if len(blob) < len(EBML_MAGIC) and (
+                EBML_MAGIC.startswith(blob) or OGG_MAGIC.startswith(blob)
+            ):
+                self._magic_prefix = blob
+                return DecodeResult()
         if blob.startswith(EBML_MAGIC):
             return self._decode_stream_start(blob, ogg=False)
         if blob.startswith(OGG_MAGIC):

@@ -15,7 +15,8 @@ from .settings import Settings
 log = structlog.get_logger("isweep_backend.security")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-OPEN_ROUTES = frozenset({"/healthz"})
+OPEN_ROUTES = frozenset({"/healthz", "/openapi.json", "/docs"})
+OPEN_PREFIXES = ("/docs/",)
 PREFLIGHT_MAX_AGE_SECONDS = "600"
 
 
@@ -78,6 +79,7 @@ def auth_middleware(settings: Settings) -> Middleware:
         if (
             not settings.auth_token
             or request.path in open_routes
+            or request.path.startswith(OPEN_PREFIXES)
             or request.method == "OPTIONS"
             or token_matches(request.headers.get("Authorization"), settings.auth_token)
         ):
