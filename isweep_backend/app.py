@@ -35,9 +35,16 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     app[METRICS] = Metrics()
     app[RUNTIME] = Runtime()
     add_routes(app)
+    app.on_shutdown.append(_announce_shutdown)
     app.cleanup_ctx.append(_executors)
     app.cleanup_ctx.append(_engine_ctx(engine))
     return app
+
+
+async def _announce_shutdown(app: web.Application) -> None:
+    # Called once the listening socket is closed; requests in flight still get answers.
+    registry = app[RUNTIME].registry
+    log.info("shutdown_started", sessions=len(registry) if registry is not None else 0)
 
 
 async def _executors(app: web.Application) -> AsyncIterator[None]:
@@ -68,6 +75,7 @@ def _engine_ctx(
             await runtime.scheduler.stop(SHUTDOWN_PASS_GRACE_SECONDS)
         if runtime.registry is not None:
             await runtime.registry.stop()
+        log.info("shutdown_complete")
 
     return ctx
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+# Early blobs a session may hold, in bytes, whatever their count: a bound on its memory.
+MAX_HELD_BYTES = 8 << 20
+
 
 class Arrival(Enum):
     IN_ORDER = "in_order"
@@ -32,10 +35,18 @@ Step = Blob | Gap
 
 
 class ReorderBuffer:
-    def __init__(self, next_seq: int, max_wait_seconds: float, max_held: int) -> None:
+    def __init__(
+        self,
+        next_seq: int,
+        max_wait_seconds: float,
+        max_held: int,
+        max_held_bytes: int = MAX_HELD_BYTES,
+    ) -> None:
         self.next_seq = next_seq
         self.max_wait_seconds = max_wait_seconds
         self.max_held = max_held
+        self.max_held_bytes = max_held_bytes
+        self._held_bytes = 0
         self._held: dict[int, bytes] = {}
         self._waiting_since: float | None = None  # when the current gap was first seen
         self._skipped: set[int] = set()  # recently given-up seqs, to tell late from duplicate
@@ -46,7 +57,7 @@ class ReorderBuffer:
 
     @property
     def held_bytes(self) -> int:
-        return sum(len(b) for b in self._held.values())
+        return self._held_bytes
 
     def gap_deadline(self) -> float | None:
         """When the current gap will be given up on, or None if nothing is held."""
@@ -67,9 +78,10 @@ class ReorderBuffer:
             self._restart_wait(now)
             return Arrival.IN_ORDER, steps
         self._held[seq] = data
+        self._held_bytes += len(data)
         if self._waiting_since is None:
             self._waiting_since = now
-        if len(self._held) > self.max_held:
+        if len(self._held) > self.max_held or self._held_bytes > self.max_held_bytes:
             return Arrival.EARLY, self._skip_to_first_held(now)
         return Arrival.EARLY, self.expire(now)
 
@@ -94,7 +106,9 @@ class ReorderBuffer:
     def _release_consecutive(self) -> list[Step]:
         steps: list[Step] = []
         while self.next_seq in self._held:
-            steps.append(Blob(self.next_seq, self._held.pop(self.next_seq)))
+            data = self._held.pop(self.next_seq)
+            self._held_bytes -= len(data)
+            steps.append(Blob(self.next_seq, data))
             self.next_seq += 1
         return steps
 

@@ -12,15 +12,15 @@ class PcmRingBuffer:
     """Keeps the newest `capacity` samples of a stream, addressed by absolute sample index.
 
     `end` is the session clock: every sample ever appended counts, so times never restart when
-    old audio is trimmed or overwritten. Storage is a doubled array so that any window is one
-    contiguous slice, without copying on append.
+    old audio is trimmed or overwritten. The array is allocated zeroed and lazily, so an idle
+    session costs only the pages its audio touched.
     """
 
     def __init__(self, capacity: int) -> None:
         if capacity <= 0:
             raise ValueError("capacity must be positive")
         self.capacity = capacity
-        self._data = np.zeros(2 * capacity, dtype=np.float32)
+        self._data = np.zeros(capacity, dtype=np.float32)
         self._start = 0  # absolute index of the oldest kept sample
         self._end = 0  # absolute index one past the newest sample
         self.overwritten_samples = 0  # samples lost to a full buffer, not to trimming
@@ -47,7 +47,6 @@ class PcmRingBuffer:
         kept = pcm[-self.capacity :]
         for offset, chunk in self._split_at_wrap(self._end + pcm.size - kept.size, kept):
             self._data[offset : offset + chunk.size] = chunk
-            self._data[offset + self.capacity : offset + self.capacity + chunk.size] = chunk
         self._end += pcm.size
         self._start = max(self._start, self._end - self.capacity)
         self.overwritten_samples += lost
@@ -66,8 +65,12 @@ class PcmRingBuffer:
             self._start if from_sample is None else min(max(from_sample, self._start), self._end)
         )
         offset = begin % self.capacity
-        window: Pcm = self._data[offset : offset + (self._end - begin)].copy()
-        return window
+        length = self._end - begin
+        if offset + length <= self.capacity:
+            window: Pcm = self._data[offset : offset + length].copy()
+            return window
+        head = self._data[offset:]
+        return np.concatenate([head, self._data[: length - head.size]])
 
     def _split_at_wrap(self, absolute: int, pcm: Pcm) -> list[tuple[int, Pcm]]:
         offset = absolute % self.capacity

@@ -96,39 +96,42 @@ class PassScheduler:
         return self._queue.popleft()
 
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            session = await self._next()
-            if session.closed:
-                session.pass_pending = False
-                continue
-            started = time.perf_counter()
-            waited = started - session.pass_enqueued_at
-            self._wait_ewma = (1 - WAIT_EWMA_WEIGHT) * self._wait_ewma + WAIT_EWMA_WEIGHT * waited
-            self._metrics.queue_wait.observe(waited)
-            request = session.make_pass_request()
-            new_audio = request.offset + request.audio.size - session.processed_end
-            self.running += 1
-            self._idle.clear()
-            try:
-                result = await loop.run_in_executor(self._executor, self._engine.run_pass, request)
-            except Exception:
-                self._metrics.passes.labels("error").inc()
-                log.exception("pass_failed", session=session.log_key)
-                session.pass_pending = False
-                await session.pass_failed(request.offset + request.audio.size)
-                continue
-            finally:
-                self.running -= 1
-                if not self.running:
-                    self._idle.set()
-            elapsed = time.perf_counter() - started
-            self._metrics.pass_duration.observe(elapsed)
-            self._metrics.pass_audio.observe(request.audio.size / SAMPLE_RATE)
-            self._metrics.passes.labels("vad_skipped" if result.skipped_by_vad else "ok").inc()
-            if new_audio > 0:
-                self._metrics.real_time_factor.observe(elapsed / (new_audio / SAMPLE_RATE))
+            # One call per pass, so no local keeps the last session alive between passes.
+            await self._run_pass(await self._next())
+
+    async def _run_pass(self, session: Session) -> None:
+        if session.closed:
             session.pass_pending = False
-            await session.apply_pass(result)
-            # Audio that arrived during the pass gets the next turn, behind everyone waiting.
-            self.request(session)
+            return
+        started = time.perf_counter()
+        waited = started - session.pass_enqueued_at
+        self._wait_ewma = (1 - WAIT_EWMA_WEIGHT) * self._wait_ewma + WAIT_EWMA_WEIGHT * waited
+        self._metrics.queue_wait.observe(waited)
+        request = session.make_pass_request()
+        new_audio = request.offset + request.audio.size - session.processed_end
+        self.running += 1
+        self._idle.clear()
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(self._executor, self._engine.run_pass, request)
+        except Exception:
+            self._metrics.passes.labels("error").inc()
+            log.exception("pass_failed", session=session.log_key)
+            session.pass_pending = False
+            await session.pass_failed(request.offset + request.audio.size)
+            return
+        finally:
+            self.running -= 1
+            if not self.running:
+                self._idle.set()
+        elapsed = time.perf_counter() - started
+        self._metrics.pass_duration.observe(elapsed)
+        self._metrics.pass_audio.observe(request.audio.size / SAMPLE_RATE)
+        self._metrics.passes.labels("vad_skipped" if result.skipped_by_vad else "ok").inc()
+        if new_audio > 0:
+            self._metrics.real_time_factor.observe(elapsed / (new_audio / SAMPLE_RATE))
+        session.pass_pending = False
+        await session.apply_pass(result)
+        # Audio that arrived during the pass gets the next turn, behind everyone waiting.
+        self.request(session)

@@ -147,6 +147,9 @@ class Session:
                     self._metrics.overwritten_audio.inc(lost / SAMPLE_RATE)
                 self._metrics.decoded_audio.inc(result.pcm.size / SAMPLE_RATE)
                 self._arrivals.append((self.ring.end, loop.time()))
+                # Audio already gone from the buffer can no longer end a word: forget it.
+                while len(self._arrivals) > 1 and self._arrivals[1][0] <= self.ring.start:
+                    self._arrivals.pop(0)
                 if outcome is not None:
                     outcome.new_audio_samples += result.pcm.size
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -18,6 +20,28 @@ from .session import Outcome, Session, SessionKey, is_new_capture
 from .settings import Settings
 
 log = structlog.get_logger("isweep_backend.sessions")
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None  # not glibc: nothing to do
+    return trim
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def return_freed_memory() -> None:
+    """Hand memory freed by evicted sessions back to the OS.
+
+    FFmpeg's codec and resampler state is allocated on the decode thread's malloc arena;
+    glibc keeps freed arena memory for reuse, so without this RSS would stay at its peak
+    after a crowd of sessions leaves."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 class SessionRegistry:
@@ -38,6 +62,7 @@ class SessionRegistry:
         self._load_seconds = load_seconds
         self._sessions: dict[SessionKey, Session] = {}
         self._per_user: dict[str, int] = {}
+        self._evicted_last_round = False
         self._evictor: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
@@ -144,6 +169,11 @@ class SessionRegistry:
         for session in idle:
             self._remove(session, "ttl")
         self.update_buffer_gauges()
+        # Trim on this round and the next: a session's last references (a queued pass) may
+        # only go a moment after it is evicted.
+        if idle or self._evicted_last_round:
+            return_freed_memory()
+        self._evicted_last_round = bool(idle)
         return len(idle)
 
     def update_buffer_gauges(self) -> None:

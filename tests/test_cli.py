@@ -67,3 +67,65 @@ def test_unknown_model_path_fails_fast_with_exit_code_2() -> None:
     )
     assert proc.returncode == 2
     assert "model_not_found" in proc.stdout
+
+
+@pytest.mark.slow
+def test_sigterm_answers_the_request_in_flight_and_exits_promptly() -> None:
+    import base64
+    import threading
+
+    from tests.audio_tools import wav_bytes
+    from tests.conftest import load_synthetic
+
+    port = _free_port()
+    env = {**os.environ, "ISWEEP_PORT": str(port), "ISWEEP_RESPONSE_WAIT_SECONDS": "10"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "isweep_backend", "--log-format", "json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                with urllib.request.urlopen(f"{base}/readyz", timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        speech = load_synthetic("long").pcm[: 20 * 16000]
+        body = json.dumps(
+            {
+                "user_id": "u",
+                "tab_id": 1,
+                "seq": 0,
+                "mime_type": "audio/wav",
+                "audio_b64": base64.b64encode(wav_bytes(speech)).decode(),
+            }
+        ).encode()
+        answer: dict[str, object] = {}
+
+        def send() -> None:
+            request = urllib.request.Request(
+                f"{base}/asr/stream", data=body, headers={"Content-Type": "application/json"}
+            )
+            with urllib.request.urlopen(request, timeout=30) as resp:
+                answer["status"] = resp.status
+                answer["body"] = json.loads(resp.read())
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        time.sleep(0.5)  # the request is in, its pass is running
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+        exit_seconds = time.monotonic() - signalled
+        sender.join(30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    assert exit_seconds < 20
+    assert answer.get("status") == 200
+    events = [json.loads(line)["event"] for line in output.splitlines() if line.startswith("{")]
+    assert events.index("shutdown_started") < events.index("shutdown_complete")

@@ -29,10 +29,14 @@ def test_blobs_cut_anywhere_decode_identically_to_the_whole_stream(
     whole = decode_whole_file(stream)
     streamed = _stream_decode(cut_blobs(stream, 1.0, seed=5))
     # A live stream never says where it ends, so the padding of the last 60 ms Opus frame is
-    # kept, where a file decode trims it; everything before matches sample for sample.
+    # kept, where a file decode trims it. FFmpeg's file decode uses its own Opus decoder and
+    # the stream libopus, so samples agree to float rounding, on the same timeline.
     assert 0 <= streamed.size - whole.size <= 0.06 * SAMPLE_RATE
     n = min(streamed.size, whole.size)
-    np.testing.assert_array_equal(streamed[:n], whole[:n])
+    np.testing.assert_allclose(streamed[:n], whole[:n], atol=0.01)
+    # Where the cuts fall changes nothing at all.
+    one_blob = SessionDecoder().decode(stream).pcm
+    np.testing.assert_array_equal(streamed, one_blob)
 
 
 def test_decoded_audio_matches_the_original_speech(speech_pcm: np.ndarray) -> None:

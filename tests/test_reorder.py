@@ -48,3 +48,12 @@ def test_too_many_held_blobs_skip_the_gap_at_once() -> None:
     arrival, steps = r.offer(4, b"e", 0.0)
     assert arrival is Arrival.EARLY
     assert _seqs(steps) == [("gap", 1, 1), 2, 3, 4]
+
+
+def test_held_blobs_are_bounded_in_bytes_too() -> None:
+    r = ReorderBuffer(0, 60.0, 100, max_held_bytes=10)
+    r.offer(0, b"a", 0.0)
+    assert r.offer(2, b"x" * 6, 0.0) == (Arrival.EARLY, [])
+    arrival, steps = r.offer(3, b"y" * 6, 0.0)
+    assert arrival is Arrival.EARLY and _seqs(steps) == [("gap", 1, 1), 2, 3]
+    assert r.held_bytes == 0
