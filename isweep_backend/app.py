@@ -35,6 +35,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     app[METRICS] = Metrics()
     app[RUNTIME] = Runtime()
     add_routes(app)
+    app[METRICS].init_routes(r.canonical for r in app.router.resources())
     app.on_shutdown.append(_announce_shutdown)
     app.cleanup_ctx.append(_executors)
     app.cleanup_ctx.append(_engine_ctx(engine))

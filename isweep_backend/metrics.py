@@ -1,32 +1,107 @@
 """Every Prometheus metric of the service, defined once, on a registry owned by the app.
 
 Labels come only from small fixed sets: never a user id, tab id or any other unbounded value.
+Every label value known here starts at zero, so rates and ratios exist before the first event.
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
     Info,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-_FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+# Bucket bounds, in the metric's unit, chosen around what each one measures on a CPU.
+_FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# A chunk request waits up to response_wait_seconds (0.45 s) for its pass; the extension calls
+# a round trip over 0.5 s slow, so 0.4, 0.45 and 0.5 are bounds.
+_HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.45, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 _PASS_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 _LAG_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0)
 _AUDIO_BUCKETS = (0.5, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0)
+_RTF_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)
+
+# The label values the code uses; each starts at zero (see the module docstring).
+STATUS_CLASSES = ("2xx", "4xx", "5xx")
+PASS_OUTCOMES = ("ok", "vad_skipped", "error")
+COMMIT_RULES = ("agreement", "end_of_speech", "deadline")
+HALLUCINATION_GUARDS = ("segment", "outside_speech")
+EVICTION_REASONS = ("ttl", "new_capture", "shutdown")
+SEQ_EVENTS = ("early", "duplicate", "late", "gap", "restart")
+DECODE_ERROR_KINDS = (
+    "no_stream_header",
+    "unsupported_codec",
+    "corrupt_stream",
+    "no_audio_stream",
+    "corrupt_file",
+    "decoder_error",
+)
+SHED_REASONS = (
+    "too_large",
+    "session_limit",
+    "user_session_limit",
+    "rate_limit",
+    "overloaded",
+    "buffer_limit",
+)
+
+# cgroup files that hold a container's memory limit (v2, then v1); "max" or a huge v1 value
+# means no limit.
+_CGROUP_MEMORY_LIMIT_FILES = (
+    Path("/sys/fs/cgroup/memory.max"),
+    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+)
+_NO_LIMIT_BYTES = 2**60
+
+
+def memory_limit_bytes() -> float:
+    """The memory this process may use: its container's cgroup limit, else the machine's RAM."""
+    physical = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    for path in _CGROUP_MEMORY_LIMIT_FILES:
+        try:
+            raw = path.read_text().strip()
+        except OSError:
+            continue
+        if raw.isdigit() and int(raw) < _NO_LIMIT_BYTES:
+            return min(float(raw), physical)
+    return physical
+
+
+class MemoryLimitCollector(Collector):
+    """`isweep_memory_limit_bytes`, read at scrape time, to compare with the process's RSS."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "isweep_memory_limit_bytes",
+            "Memory the process may use: the container (cgroup) limit, else physical RAM.",
+            value=memory_limit_bytes(),
+        )
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # `*_created` series double the series count and no dashboard or alert reads them.
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in the client
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        r.register(MemoryLimitCollector())
         # --- HTTP ---------------------------------------------------------------------------
         self.requests = Counter(
             "isweep_http_requests_total",
@@ -38,7 +113,7 @@ class Metrics:
             "isweep_http_request_duration_seconds",
             "Time to answer an HTTP request.",
             ["route"],
-            buckets=_PASS_BUCKETS,
+            buckets=_HTTP_BUCKETS,
             registry=r,
         )
         # --- pipeline -----------------------------------------------------------------------
@@ -56,7 +131,7 @@ class Metrics:
         self.queue_wait = Histogram(
             "isweep_pass_queue_wait_seconds",
             "Time a session waited for its pass to start.",
-            buckets=_PASS_BUCKETS,
+            buckets=_WAIT_BUCKETS,
             registry=r,
         )
         self.pass_duration = Histogram(
@@ -80,7 +155,7 @@ class Metrics:
         self.real_time_factor = Histogram(
             "isweep_pass_real_time_factor",
             "Pass duration divided by the new audio it covered.",
-            buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0),
+            buckets=_RTF_BUCKETS,
             registry=r,
         )
         self.word_emit_lag = Histogram(
@@ -130,7 +205,8 @@ class Metrics:
         )
         self.seq_events = Counter(
             "isweep_seq_events_total",
-            "Blob ordering events: reordered, duplicate, late, gap (seqs skipped), restart.",
+            "Blob ordering events: early (held, reordered), duplicate, late, gap (seqs "
+            "skipped), restart (a new recorder stream).",
             ["event"],
             registry=r,
         )
@@ -168,3 +244,24 @@ class Metrics:
             "1 once the model is loaded and warm.",
             registry=r,
         )
+        self._start_at_zero()
+
+    def _start_at_zero(self) -> None:
+        for labelled, values in (
+            (self.passes, PASS_OUTCOMES),
+            (self.words_committed, COMMIT_RULES),
+            (self.hallucination_drops, HALLUCINATION_GUARDS),
+            (self.sessions_evicted, EVICTION_REASONS),
+            (self.seq_events, SEQ_EVENTS),
+            (self.decode_errors, DECODE_ERROR_KINDS),
+            (self.requests_shed, SHED_REASONS),
+        ):
+            for value in values:
+                labelled.labels(value)
+
+    def init_routes(self, routes: Iterable[str]) -> None:
+        """Start each route's request series at zero, so error ratios exist before an error."""
+        for route in routes:
+            self.request_duration.labels(route)
+            for status_class in STATUS_CLASSES:
+                self.requests.labels(route, status_class)

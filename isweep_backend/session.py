@@ -7,6 +7,7 @@ A session's blobs are fed under its lock, so decoding always sees the stream in 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import time
 from collections.abc import Callable
@@ -176,7 +177,12 @@ class Session:
         if deadline is None or self.closed:
             return
         loop = asyncio.get_running_loop()
-        self._gap_timer = loop.call_at(deadline, lambda: loop.create_task(self._give_up_on_gap()))
+        # A fresh context: the timer's log lines belong to no request.
+        self._gap_timer = loop.call_at(
+            deadline,
+            lambda: loop.create_task(self._give_up_on_gap()),
+            context=contextvars.Context(),
+        )
 
     async def _give_up_on_gap(self) -> None:
         async with self._lock:
