@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hashlib
+import hmac
+import secrets
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -40,9 +42,15 @@ class Outcome:
     new_audio_samples: int = 0
 
 
+# Keyed per process: a plain hash of a guessable user id could be reversed by trying ids.
+# Sessions live in one process only, so nothing needs the name to survive a restart.
+_SESSION_HASH_KEY = secrets.token_bytes(32)
+
+
 def session_hash(key: SessionKey) -> str:
-    """A stable, non-reversible name for a session, safe to log."""
-    return hashlib.sha256(f"{key[0]}\x00{key[1]}".encode()).hexdigest()[:16]
+    """A stable (for this process), non-reversible name for a session, safe to log."""
+    message = f"{key[0]}\x00{key[1]}".encode()
+    return hmac.new(_SESSION_HASH_KEY, message, hashlib.sha256).hexdigest()[:16]
 
 
 class Session:
