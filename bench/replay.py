@@ -16,13 +16,8 @@ import base64
 import bisect
 import contextlib
 import json
-import os
-import re
 import resource
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,20 +29,31 @@ from typing import Any
 import aiohttp
 import jiwer
 import numpy as np
-from prometheus_client.parser import text_string_to_metric_families
+from benchlib import (
+    MIME,
+    REPO,
+    SLOW_RTT_SECONDS,
+    Server,
+    blob_end_samples,
+    delta,
+    fmt,
+    load_reference,
+    normalise,
+    pct,
+    proc_cpu_seconds,
+    proc_status_kb,
+    scrape,
+    server_log_problems,
+    sleep_until,
+    words_of,
+)
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from isweep_backend.decode import SAMPLE_RATE
+from tests.audio_tools import cut_blobs, encode_opus_stream, read_wav
 
-from isweep_backend.decode import SAMPLE_RATE, SessionDecoder  # noqa: E402
-from tests.audio_tools import cut_blobs, encode_opus_stream, read_wav  # noqa: E402
-
-MIME = "audio/webm;codecs=opus"
-SLOW_RTT_SECONDS = 0.5  # the extension's slow-round-trip threshold
 TAIL_SILENCE_SECONDS = 2.0
 FINAL_WORD_TOLERANCE_SECONDS = 0.75  # a word ending this close to the speech end is "final"
 DUPLICATE_INTERVAL_SECONDS = 1.0
-_PUNCT = re.compile(r"[^\w\s]")
 
 
 # --- preparation ---------------------------------------------------------------------------
@@ -64,18 +70,6 @@ class SessionPlan:
     speech_end_blob: int  # the blob holding that sample
 
 
-def load_reference(wav: Path, ref: Path | None) -> str | None:
-    candidates = [ref] if ref is not None else [wav.with_suffix(".json"), wav.with_suffix(".txt")]
-    for path in candidates:
-        if path is None or not path.exists():
-            continue
-        raw = path.read_text(encoding="utf-8")
-        if path.suffix == ".json":
-            return str(json.loads(raw)["text"])
-        return raw.strip()
-    return None
-
-
 def speech_end_seconds(wav: Path, pcm: np.ndarray, rate: int) -> float:
     """End of the last sentence, from the fixture's sidecar JSON; else the end of the last
     20 ms frame louder than 5 % of the loudest frame's RMS."""
@@ -89,17 +83,6 @@ def speech_end_seconds(wav: Path, pcm: np.ndarray, rate: int) -> float:
     rms = np.sqrt((frames.astype(np.float64) ** 2).mean(axis=1))
     loud = np.flatnonzero(rms > max(0.05 * rms.max(), 1e-4))
     return (int(loud[-1]) + 1) * hop / rate if loud.size else pcm.size / rate
-
-
-def blob_end_samples(blobs: list[bytes]) -> list[int]:
-    """Where each blob ends on the session's audio timeline, decoded as the server decodes."""
-    decoder = SessionDecoder()
-    total = 0
-    ends = []
-    for blob in blobs:
-        total += decoder.decode(blob).pcm.size
-        ends.append(total)
-    return ends
 
 
 def prepare(args: argparse.Namespace, prefix: str) -> tuple[list[SessionPlan], float]:
@@ -126,138 +109,6 @@ def prepare(args: argparse.Namespace, prefix: str) -> tuple[list[SessionPlan], f
             )
         )
     return plans, audio_seconds
-
-
-# --- the server, when we start it -----------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _descendants(pid: int) -> list[int]:
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        parents.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of the process and its children (live ones, and reaped ones)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for p in [pid, *_descendants(pid)]:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # After the ")": state is field 3, so utime (14) .. cstime (17) sit at 11..14.
-        total += sum(int(x) for x in fields[11:15]) / ticks
-    return total
-
-
-def proc_status_kb(pid: int, key: str) -> int:
-    total = 0
-    for p in [pid, *_descendants(pid)]:
-        try:
-            text = Path(f"/proc/{p}/status").read_text()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            if line.startswith(key + ":"):
-                total += int(line.split()[1])
-    return total
-
-
-class Server:
-    def __init__(self, log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "isweep_backend",
-                "--port",
-                str(self.port),
-                "--log-level",
-                "warning",
-                "--log-format",
-                "json",
-            ],
-            cwd=REPO,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    async def wait_ready(self, http: aiohttp.ClientSession, timeout: float) -> float:
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"server exited with {self.proc.returncode} before ready; log: {self.log_path}"
-                )
-            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-                async with http.get(self.url + "/readyz") as resp:
-                    if resp.status == 200:
-                        return time.monotonic() - started
-            await asyncio.sleep(0.25)
-        raise RuntimeError(f"server not ready after {timeout:.0f} s; log: {self.log_path}")
-
-    def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=25)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                self._log.close()
-                return None
-        self._log.close()
-        return self.proc.returncode
-
-
-# --- /metrics -------------------------------------------------------------------------------
-
-
-async def scrape(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
-    """Sample values summed over labels, by sample name; empty if /metrics is unavailable."""
-    try:
-        async with http.get(url + "/metrics") as resp:
-            if resp.status != 200:
-                return {}
-            text = await resp.text()
-    except (aiohttp.ClientError, asyncio.TimeoutError):
-        return {}
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[sample.name] = out.get(sample.name, 0.0) + float(sample.value)
-    return out
-
-
-def delta(end: dict[str, float], start: dict[str, float], name: str) -> float | None:
-    """end - start; a labelled counter with no children yet has no sample, so it counts as 0."""
-    if name not in end:
-        return None
-    return end[name] - start.get(name, 0.0)
 
 
 # --- the replay -----------------------------------------------------------------------------
@@ -313,14 +164,6 @@ async def post(
         record.error = repr(exc)
 
 
-async def sleep_until(loop: asyncio.AbstractEventLoop, at: float) -> float:
-    """Sleep until loop time `at`; return how late we woke."""
-    now = loop.time()
-    if at > now:
-        await asyncio.sleep(at - now)
-    return max(0.0, loop.time() - at)
-
-
 async def run_session(
     http: aiohttp.ClientSession,
     url: str,
@@ -350,27 +193,6 @@ async def run_session(
 
 
 # --- figures --------------------------------------------------------------------------------
-
-
-def normalise(text: str) -> str:
-    return " ".join(_PUNCT.sub(" ", text.lower()).split())
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
-
-def words_of(segment: dict[str, Any]) -> list[tuple[str, float]]:
-    """(text, end_seconds) per word; a segment without word timing counts as one word."""
-    words = segment.get("words")
-    if isinstance(words, list) and words:
-        return [(str(w.get("word", "")), float(w["end_seconds"])) for w in words]
-    return [(str(segment.get("text", "")), float(segment["end_seconds"]))]
 
 
 @dataclass
@@ -422,16 +244,6 @@ def session_figures(plan: SessionPlan, records: list[Record]) -> SessionFigures:
     if final_at is not None and speech_end_sent is not None:
         figures.backlog = final_at - speech_end_sent
     return figures
-
-
-def server_log_problems(path: Path, limit: int = 8) -> tuple[int, list[str]]:
-    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    shown = [ln if len(ln) <= 300 else ln[:300] + "..." for ln in lines[:limit]]
-    return len(lines), shown
-
-
-def fmt(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None or value != value else f"{value:.{digits}f}"
 
 
 # --- main -----------------------------------------------------------------------------------

@@ -105,6 +105,7 @@ def _install_engine(app: web.Application, engine: Engine) -> None:
         metrics,
         parallelism(settings)[0],
         settings.min_pass_audio_seconds,
+        settings.overload_pass_cycle_seconds,
     )
     registry = SessionRegistry(
         settings,
@@ -112,7 +113,7 @@ def _install_engine(app: web.Application, engine: Engine) -> None:
         app[DECODE_EXECUTOR],
         scheduler.request,
         engine.session_language(),
-        scheduler.load_seconds,
+        scheduler.overloaded,
     )
     runtime = app[RUNTIME]
     runtime.scheduler = scheduler

@@ -72,29 +72,59 @@ def frame_to_mono(frame: Any) -> Pcm:
 
 
 class MonoResampler:
-    """One persistent libswresample state: mono float32 at `rate` to 16 kHz, no seams."""
+    """One persistent libswresample state: mono float32 at `rate` to 16 kHz, no seams.
+
+    Built as a one-thread filter graph (abuffer -> aformat -> abuffersink, where FFmpeg puts
+    its resampler) rather than av.AudioResampler, whose graph starts a thread per core for
+    every session.
+    """
 
     def __init__(self, rate: int) -> None:
         self.rate = rate
         self._pts = 0
-        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        self._graph: Any = None
+        if rate != SAMPLE_RATE:
+            graph = av.filter.Graph()
+            graph.threads = 1
+            source = graph.add_abuffer(
+                format="flt", sample_rate=rate, layout="mono", time_base=Fraction(1, rate)
+            )
+            convert = graph.add(
+                "aformat", sample_fmts="flt", sample_rates=str(SAMPLE_RATE), channel_layouts="mono"
+            )
+            sink = graph.add("abuffersink")
+            source.link_to(convert)
+            convert.link_to(sink)
+            graph.configure()
+            self._graph = graph
 
     def resample(self, mono: Pcm) -> Pcm:
         if mono.size == 0:
             return EMPTY
-        if self.rate == SAMPLE_RATE:
+        if self._graph is None:
             return mono
         frame = av.AudioFrame.from_ndarray(mono.reshape(1, -1), format="flt", layout="mono")
         frame.sample_rate = self.rate
         frame.time_base = Fraction(1, self.rate)
         frame.pts = self._pts
         self._pts += mono.size
-        return _frames_to_pcm(self._resampler.resample(frame))
+        self._graph.push(frame)
+        return self._pull()
 
     def flush(self) -> Pcm:
-        if self.rate == SAMPLE_RATE:
+        if self._graph is None:
             return EMPTY
-        return _frames_to_pcm(self._resampler.resample(None))
+        self._graph.push(None)
+        return self._pull()
+
+    def _pull(self) -> Pcm:
+        frames = []
+        while True:
+            try:
+                frames.append(self._graph.pull())
+            except (av.error.BlockingIOError, av.error.EOFError):
+                break
+        return _frames_to_pcm(frames)
 
 
 def _frames_to_pcm(frames: list[Any]) -> Pcm:

@@ -236,6 +236,8 @@ class Engine:
                 result.dropped_segments += 1
                 continue
             for w in segment.words or []:
+                if not any(ch.isalnum() for ch in w.word):
+                    continue  # a lone "." or "-": nothing the client could mute or read
                 words.append(
                     Word(
                         text=w.word,

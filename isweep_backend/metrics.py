@@ -26,8 +26,8 @@ from prometheus_client.registry import Collector
 
 # Bucket bounds, in the metric's unit, chosen around what each one measures on a CPU.
 _FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-# A chunk request waits up to response_wait_seconds (0.45 s) for its pass; the extension calls
-# a round trip over 0.5 s slow, so 0.4, 0.45 and 0.5 are bounds.
+# A chunk request is answered within response_wait_seconds (0.4 s) of its arrival; the
+# extension calls a round trip over 0.5 s slow, so 0.4, 0.45 and 0.5 are bounds.
 _HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.45, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
 _WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 _PASS_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)

@@ -27,6 +27,8 @@ from .session import Session
 
 log = structlog.get_logger("isweep_backend.scheduler")
 WAIT_EWMA_WEIGHT = 0.2
+# Shedding stops once the pass cycle is back under this share of its limit.
+RECOVERY_FRACTION = 0.7
 # Under load a pass waits for at most this much extra new audio.
 MAX_DEGRADE_SECONDS = 3.0
 
@@ -39,6 +41,7 @@ class PassScheduler:
         metrics: Metrics,
         workers: int,
         min_pass_seconds: float,
+        overload_cycle_seconds: float,
     ) -> None:
         self._engine = engine
         self._executor = executor
@@ -46,6 +49,9 @@ class PassScheduler:
         self._workers = workers
         self._min_new_samples = round(min_pass_seconds * SAMPLE_RATE)
         self._wait_ewma = 0.0
+        self._cycle_ewma = 0.0  # queue wait + pass: how long a session waits for its words
+        self._overload_cycle = overload_cycle_seconds
+        self._shedding = False
         self._queue: deque[Session] = deque()
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -76,6 +82,17 @@ class PassScheduler:
         oldest queued session if that is longer (a stall shows before any pass ends)."""
         oldest = time.perf_counter() - self._queue[0].pass_enqueued_at if self._queue else 0.0
         return max(self._wait_ewma, oldest)
+
+    def overloaded(self) -> bool:
+        """Whether new sessions should be refused, with hysteresis so that one quick pass
+        between slow ones does not open the door to a crowd of retries."""
+        oldest = time.perf_counter() - self._queue[0].pass_enqueued_at if self._queue else 0.0
+        cycle = max(self._cycle_ewma, oldest)
+        if cycle > self._overload_cycle:
+            self._shedding = True
+        elif cycle < RECOVERY_FRACTION * self._overload_cycle:
+            self._shedding = False
+        return self._shedding
 
     def min_new_samples(self) -> int:
         extra = min(MAX_DEGRADE_SECONDS, self.load_seconds())
@@ -126,6 +143,8 @@ class PassScheduler:
             if not self.running:
                 self._idle.set()
         elapsed = time.perf_counter() - started
+        cycle = waited + elapsed
+        self._cycle_ewma = (1 - WAIT_EWMA_WEIGHT) * self._cycle_ewma + WAIT_EWMA_WEIGHT * cycle
         self._metrics.pass_duration.observe(elapsed)
         self._metrics.pass_audio.observe(request.audio.size / SAMPLE_RATE)
         self._metrics.passes.labels("vad_skipped" if result.skipped_by_vad else "ok").inc()

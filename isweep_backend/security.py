@@ -34,6 +34,19 @@ def parse_origins(raw: str) -> list[str]:
     return [o.strip() for o in raw.split(",") if o.strip()]
 
 
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
+
+
+def is_own_origin(request: web.Request, origin: str, bind_host: str) -> bool:
+    """A page the service served itself (e.g. /docs). Only under a name that is ours: a page
+    whose DNS name was rebound to this address has the same Host and Origin, but not our name.
+    """
+    if origin != f"{request.scheme}://{request.host}":
+        return False
+    hostname = request.host.rsplit(":", 1)[0] if not request.host.endswith("]") else request.host
+    return hostname in LOOPBACK_NAMES or hostname == bind_host
+
+
 def token_matches(header: str | None, token: str) -> bool:
     if not header or not header.startswith("Bearer "):
         return False
@@ -48,8 +61,10 @@ def cors_middleware(settings: Settings) -> Middleware:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         origin = request.headers.get("Origin")
         if origin is None:
-            return await handler(request)  # not a browser's cross-origin call: nothing to do
-        if not origin_allowed(origin, allowed):
+            return await handler(request)  # not from a browser page: nothing to do
+        if not is_own_origin(request, origin, settings.host) and not origin_allowed(
+            origin, allowed
+        ):
             log.info("origin_refused", origin=origin[:100])
             return web.json_response(
                 error_body("origin_not_allowed", "this origin may not call the service"),

@@ -98,7 +98,8 @@ class Session:
 
     # --- blobs in ----------------------------------------------------------------------------
 
-    async def accept(self, seq: int, blob: bytes) -> Outcome:
+    async def accept(self, seq: int, blob: bytes, answer_by: float) -> Outcome:
+        """Feed one blob; wait for the pass covering it until `answer_by` (loop time)."""
         self.last_seen = time.monotonic()
         loop = asyncio.get_running_loop()
         if seq == 0 and self.seq0_digest is None:
@@ -112,7 +113,7 @@ class Session:
             self._arm_gap_timer()
         if outcome.new_audio_samples:
             self._request_pass(self)
-            await self._wait_for_pass(self.ring.end, self._settings.response_wait_seconds)
+            await self._wait_for_pass(self.ring.end, answer_by - loop.time())
         outcome.words = self.take_words()
         return outcome
 

@@ -52,14 +52,14 @@ class SessionRegistry:
         decode_executor: Executor,
         request_pass: Callable[[Session], None],
         default_language: str | None,
-        load_seconds: Callable[[], float],
+        overloaded: Callable[[], bool],
     ) -> None:
         self._settings = settings
         self._metrics = metrics
         self._decode_executor = decode_executor
         self._request_pass = request_pass
         self._default_language = default_language
-        self._load_seconds = load_seconds
+        self._overloaded = overloaded
         self._sessions: dict[SessionKey, Session] = {}
         self._per_user: dict[str, int] = {}
         self._evicted_last_round = False
@@ -71,7 +71,7 @@ class SessionRegistry:
     def get(self, key: SessionKey) -> Session | None:
         return self._sessions.get(key)
 
-    async def accept(self, chunk: Chunk) -> Outcome:
+    async def accept(self, chunk: Chunk, answer_by: float) -> Outcome:
         key = (chunk.user_id, chunk.tab_id)
         session = self._sessions.get(key)
         if session is not None and is_new_capture(session, chunk.seq, chunk.audio):
@@ -86,7 +86,7 @@ class SessionRegistry:
                 "this session sends faster than "
                 f"{self._settings.max_requests_per_second:g} requests a second",
             )
-        return await session.accept(chunk.seq, chunk.audio)
+        return await session.accept(chunk.seq, chunk.audio, answer_by)
 
     def _admit(self, user_id: str) -> None:
         """Refuse a new session, fast, if the service or this user cannot take one more."""
@@ -108,7 +108,7 @@ class SessionRegistry:
                 "too_many_sessions",
                 f"this user_id holds its maximum of {s.max_sessions_per_user} sessions",
             )
-        if self._load_seconds() > s.overload_queue_wait_seconds:
+        if self._overloaded():
             return "overloaded", Overloaded(
                 "recognition is behind; new sessions are refused until it catches up"
             )

@@ -109,11 +109,12 @@ class Settings:
         default=1800.0,
         metadata={"help": "audio buffered over all sessions beyond which new sessions get 503"},
     )
-    overload_queue_wait_seconds: float = field(
-        default=2.0,
+    overload_pass_cycle_seconds: float = field(
+        default=1.5,
         metadata={
-            "help": "mean wait for a pass beyond which the service sheds new sessions "
-            "(503); existing sessions get fewer, longer passes"
+            "help": "mean time from queueing a pass to its end beyond which new sessions "
+            "are shed (503) until it falls below 70% of this; existing sessions get "
+            "fewer, longer passes"
         },
     )
     reorder_wait_seconds: float = field(
@@ -124,10 +125,10 @@ class Settings:
     )
     # --- streaming policy ---------------------------------------------------------------------
     response_wait_seconds: float = field(
-        default=0.45,
+        default=0.4,
         metadata={
-            "help": "how long a request may wait for the pass that covers its audio; "
-            "kept under the extension's 500 ms slow-round-trip threshold"
+            "help": "time from a request's arrival to its answer, spent waiting for the "
+            "pass that covers its audio; under the extension's 500 ms slow threshold"
         },
     )
     min_pass_audio_seconds: float = field(
@@ -197,7 +198,7 @@ def _validation_problems(s: Settings) -> list[str]:
         "max_sessions_per_user",
         "max_requests_per_second",
         "max_buffered_audio_seconds",
-        "overload_queue_wait_seconds",
+        "overload_pass_cycle_seconds",
         "buffer_seconds",
         "session_ttl_seconds",
         "max_sessions",

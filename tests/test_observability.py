@@ -601,6 +601,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     ):
         poll(lambda: http("GET", f"{service_url}/readyz")[0] == 200, 180, "the service")
         poll(lambda: http("GET", f"{prometheus_url}/-/ready")[0] == 200, 60, "Prometheus")
+        # Replay only once Prometheus has scraped the idle service: rates need a sample from
+        # before the replay, and a fast replay can fit between two scrapes.
+        poll(lambda: scraped_up(prometheus_url), 60, "Prometheus's first scrape")
         live = replay(service_url, prometheus_url, port, logs, [tmp / "service.err"])
         # The replay's session and the undecodable one go idle and are evicted after the TTL.
         poll(
@@ -619,6 +622,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "Prometheus to scrape the evictions",
         )
         yield live
+
+
+def scraped_up(prometheus_url: str) -> bool:
+    query = urllib.parse.urlencode({"query": f'up{{job="{JOB}"}} == 1'})
+    status, body = http("GET", f"{prometheus_url}/api/v1/query?{query}")
+    return status == 200 and bool(json.loads(body)["data"]["result"])
 
 
 def replay(url: str, prometheus: str, port: int, logs: Path, stderr: list[Path]) -> Stack:

@@ -113,7 +113,7 @@ async def test_new_sessions_are_shed_with_503_while_recognition_is_behind(
     make_client: ClientFactory,
 ) -> None:
     client = await make_client(
-        inference_workers=1, overload_queue_wait_seconds=0.05, response_wait_seconds=0.0
+        inference_workers=1, overload_pass_cycle_seconds=0.05, response_wait_seconds=0.0
     )
     speech = wav_bytes(load_synthetic("long").pcm[: 12 * SAMPLE_RATE])
     scheduler = client.app[RUNTIME].scheduler
@@ -123,7 +123,7 @@ async def test_new_sessions_are_shed_with_503_while_recognition_is_behind(
             await client.post("/asr/stream", json=chunk_body(speech, 0, tab_id=tab))
         ).status == 200
     for _ in range(200):
-        if scheduler.load_seconds() > 0.05:
+        if scheduler.overloaded():
             break
         await asyncio.sleep(0.01)
     shed = await client.post("/asr/stream", json=chunk_body(QUIET, 0, tab_id=9))
@@ -134,3 +134,25 @@ async def test_new_sessions_are_shed_with_503_while_recognition_is_behind(
     going_on = await client.post("/asr/stream", json=chunk_body(QUIET, 1, tab_id=1))
     assert going_on.status == 200
     assert scheduler.min_new_samples() > 0.5 * SAMPLE_RATE
+
+
+async def test_a_page_served_by_the_service_itself_may_call_it(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client()
+    own = f"http://{client.server.host}:{client.server.port}"
+    resp = await client.post("/asr/stream", json=chunk_body(QUIET, 0), headers={"Origin": own})
+    assert resp.status == 200
+
+
+async def test_a_rebound_dns_name_is_not_taken_for_the_service_itself(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client()
+    port = client.server.port
+    resp = await client.post(
+        "/asr/stream",
+        json=chunk_body(QUIET, 0),
+        headers={"Origin": f"http://evil.example:{port}", "Host": f"evil.example:{port}"},
+    )
+    assert resp.status == 403
