@@ -2,68 +2,71 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from typing import Any
 
 import pytest
 
+from tests.audio_tools import wav_bytes
+from tests.conftest import load_synthetic
+from tests.live_server import free_port
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+SERVICE = [sys.executable, "-m", "isweep_backend", "--log-format", "json"]
 
 
-@pytest.mark.slow
-def test_module_starts_offline_reports_ready_and_stops_on_sigterm() -> None:
-    port = _free_port()
-    env = {**os.environ, "ISWEEP_PORT": str(port), "HF_HUB_OFFLINE": "1"}
+def start_service(**env: str) -> tuple[subprocess.Popen[str], str]:
+    """The service as a newcomer starts it, on a free port; returns it and its base URL."""
+    port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "isweep_backend", "--log-format", "json"],
-        env=env,
+        SERVICE,
+        env={**os.environ, "ISWEEP_PORT": str(port), "HF_HUB_OFFLINE": "1", **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_ready(base: str) -> dict[str, Any] | None:
+    for _ in range(300):
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=1) as resp:
+                ready: dict[str, Any] = json.loads(resp.read())
+                return ready
+        except OSError:
+            time.sleep(0.1)
+    return None
+
+
+def events_of(output: str) -> list[str]:
+    return [json.loads(line)["event"] for line in output.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.slow
+def test_module_starts_offline_reports_ready_and_stops_on_sigterm() -> None:
+    proc, base = start_service()
     try:
-        ready = None
-        for _ in range(300):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                    ready = json.loads(r.read())
-                    break
-            except OSError:
-                time.sleep(0.1)
+        ready = wait_ready(base)
         assert ready is not None and ready["model"] == "tiny.en"
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=20)
     finally:
         proc.kill()
     assert proc.returncode == 0
-    events = [json.loads(line)["event"] for line in output.splitlines() if line.startswith("{")]
-    assert "model_loaded" in events
+    assert "model_loaded" in events_of(output)
 
 
 def test_unknown_model_path_fails_fast_with_exit_code_2() -> None:
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "isweep_backend",
-            "--model",
-            "./no/such/model",
-            "--log-format",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [*SERVICE, "--model", "./no/such/model"], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 2
     assert "model_not_found" in proc.stdout
@@ -71,49 +74,29 @@ def test_unknown_model_path_fails_fast_with_exit_code_2() -> None:
 
 @pytest.mark.slow
 def test_sigterm_answers_the_request_in_flight_and_exits_promptly() -> None:
-    import base64
-    import threading
+    proc, base = start_service(ISWEEP_RESPONSE_WAIT_SECONDS="10")
+    speech = load_synthetic("long").pcm[: 20 * 16000]
+    body = json.dumps(
+        {
+            "user_id": "u",
+            "tab_id": 1,
+            "seq": 0,
+            "mime_type": "audio/wav",
+            "audio_b64": base64.b64encode(wav_bytes(speech)).decode(),
+        }
+    ).encode()
+    answer: dict[str, object] = {}
 
-    from tests.audio_tools import wav_bytes
-    from tests.conftest import load_synthetic
+    def send() -> None:
+        request = urllib.request.Request(
+            f"{base}/asr/stream", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            answer["status"] = resp.status
+            answer["body"] = json.loads(resp.read())
 
-    port = _free_port()
-    env = {**os.environ, "ISWEEP_PORT": str(port), "ISWEEP_RESPONSE_WAIT_SECONDS": "10"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "isweep_backend", "--log-format", "json"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            try:
-                with urllib.request.urlopen(f"{base}/readyz", timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.1)
-        speech = load_synthetic("long").pcm[: 20 * 16000]
-        body = json.dumps(
-            {
-                "user_id": "u",
-                "tab_id": 1,
-                "seq": 0,
-                "mime_type": "audio/wav",
-                "audio_b64": base64.b64encode(wav_bytes(speech)).decode(),
-            }
-        ).encode()
-        answer: dict[str, object] = {}
-
-        def send() -> None:
-            request = urllib.request.Request(
-                f"{base}/asr/stream", data=body, headers={"Content-Type": "application/json"}
-            )
-            with urllib.request.urlopen(request, timeout=30) as resp:
-                answer["status"] = resp.status
-                answer["body"] = json.loads(resp.read())
-
+        assert wait_ready(base) is not None
         sender = threading.Thread(target=send)
         sender.start()
         time.sleep(0.5)  # the request is in, its pass is running
@@ -127,5 +110,5 @@ def test_sigterm_answers_the_request_in_flight_and_exits_promptly() -> None:
     assert proc.returncode == 0
     assert exit_seconds < 20
     assert answer.get("status") == 200
-    events = [json.loads(line)["event"] for line in output.splitlines() if line.startswith("{")]
+    events = events_of(output)
     assert events.index("shutdown_started") < events.index("shutdown_complete")

@@ -108,6 +108,19 @@ def assert_well_formed(segments: list[dict[str, Any]], audio_seconds: float) -> 
         assert segment["end_seconds"] == segment["words"][-1]["end_seconds"]
 
 
+def assert_as_good_as_offline(
+    segments: list[dict[str, Any]], text: str, engine: Engine, settings: Settings, pcm: np.ndarray
+) -> None:
+    """Streamed WER within 1.2x of the same model transcribing the same audio offline, and
+    the answers well formed."""
+    hypothesis = " ".join(s["text"] for s in segments)
+    streamed = wer(text, hypothesis)
+    offline = wer(text, offline_transcript(engine, settings, pcm))
+    slack = SLACK_WORDS / len(normalise(text).split())
+    assert streamed <= 1.2 * offline + slack, (hypothesis, streamed, offline)
+    assert_well_formed(segments, pcm.size / SAMPLE_RATE)
+
+
 def order_for(case: str, blobs: list[bytes]) -> list[tuple[int, bytes]]:
     indexed = list(enumerate(blobs))
     rng = random.Random(11)
@@ -140,12 +153,7 @@ async def test_streamed_transcript_is_as_good_as_offline(
     blobs = cut_blobs(encode_opus_stream(pcm, long_speech.rate), 1.0, seed=len(case))
     client = await make_client()
     segments = await replay(client, order_for(case, blobs))
-    hypothesis = " ".join(s["text"] for s in segments)
-    streamed = wer(long_speech.text, hypothesis)
-    offline = wer(long_speech.text, offline_transcript(engine, settings, pcm))
-    slack = SLACK_WORDS / len(normalise(long_speech.text).split())
-    assert streamed <= 1.2 * offline + slack, (hypothesis, streamed, offline)
-    assert_well_formed(segments, pcm.size / SAMPLE_RATE)
+    assert_as_good_as_offline(segments, long_speech.text, engine, settings, pcm)
 
 
 async def test_real_human_speech_streams_as_well_as_offline(
@@ -158,12 +166,7 @@ async def test_real_human_speech_streams_as_well_as_offline(
     client = await make_client()
     blobs = cut_blobs(encode_opus_stream(pcm, speech.rate), 1.0, seed=3)
     segments = await replay(client, list(enumerate(blobs)))
-    hypothesis = " ".join(s["text"] for s in segments)
-    streamed = wer(speech.text, hypothesis)
-    offline = wer(speech.text, offline_transcript(engine, settings, pcm))
-    slack = SLACK_WORDS / len(normalise(speech.text).split())
-    assert streamed <= 1.2 * offline + slack, (hypothesis, streamed, offline)
-    assert_well_formed(segments, pcm.size / SAMPLE_RATE)
+    assert_as_good_as_offline(segments, speech.text, engine, settings, pcm)
 
 
 async def test_words_next_to_a_pause_are_timed_within_300_ms(
@@ -238,11 +241,7 @@ async def test_recorder_restart_mid_session_keeps_the_clock_and_the_words(
     second = cut_blobs(encode_opus_stream(pcm[split:], SAMPLE_RATE), 2.0, seed=2)
     client = await make_client()
     segments = await replay(client, list(enumerate(first + second)))
-    hypothesis = " ".join(s["text"] for s in segments)
-    offline = wer(long_speech.text, offline_transcript(engine, settings, pcm))
-    slack = SLACK_WORDS / len(normalise(long_speech.text).split())
-    assert wer(long_speech.text, hypothesis) <= 1.2 * offline + slack, hypothesis
-    assert_well_formed(segments, pcm.size / SAMPLE_RATE)
+    assert_as_good_as_offline(segments, long_speech.text, engine, settings, pcm)
     _last_text, last_start, _ = _sentences(long_speech)[-1]
     first_of_last = next(w for w in words_of(segments) if w["start_seconds"] >= last_start - 0.5)
     assert abs(first_of_last["start_seconds"] - last_start) <= 0.3
