@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shutil
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from isweep_backend.settings import Settings, env_name
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+INSTALL_TEST_DEPS = "ops/install-test-deps.sh"
 
 
 def _setup_commands() -> list[str]:
@@ -20,8 +25,56 @@ def _setup_commands() -> list[str]:
 def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one() -> None:
     install_and_run, run_tests = _setup_commands()
     assert "python -m isweep_backend" in install_and_run
-    assert "pytest" in run_tests
-    assert run_tests in (ROOT / ".ci" / "run").read_text()
+    # One copyable line that installs what the tests need first, then runs them.
+    assert "\n" not in run_tests
+    assert run_tests.startswith(f"bash {INSTALL_TEST_DEPS} && ")
+    assert run_tests.endswith("python -m pytest")
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert run_tests in ci
+    # System packages are installed in one place, the script both commands call.
+    assert "apt-get" not in ci
+
+
+def run_install_test_deps(path: Path) -> subprocess.CompletedProcess[str]:
+    """The script with only `path` on PATH: no apt-get there, so it reports and never installs."""
+    bash = shutil.which("bash")
+    assert bash is not None
+    return subprocess.run(
+        [bash, INSTALL_TEST_DEPS],
+        cwd=ROOT,
+        env={"PATH": str(path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_install_test_deps_stops_and_names_the_packages_when_nothing_is_installed(
+    tmp_path: Path,
+) -> None:
+    done = run_install_test_deps(tmp_path)
+    assert done.returncode == 1
+    assert (
+        "sudo apt-get update && sudo apt-get install -y --no-install-recommends chromium prometheus"
+        in done.stderr
+    )
+    # haproxy is either named with them or, where Debian has put it in /usr/sbin, the PATH to add.
+    assert "haproxy" in done.stderr
+
+
+def test_install_test_deps_names_only_the_packages_that_are_missing(tmp_path: Path) -> None:
+    # The real chromium, promtool and haproxy on PATH, but no prometheus: only its package is due.
+    for program in ("chromium", "promtool", "haproxy"):
+        found = shutil.which(program)
+        if found is None:
+            pytest.fail(f"{program} is not installed: run bash {INSTALL_TEST_DEPS}")
+        (tmp_path / program).symlink_to(found)
+    done = run_install_test_deps(tmp_path)
+    assert done.returncode == 1
+    assert "which are not installed: prometheus\n" in done.stderr
+    assert "--no-install-recommends prometheus\n" in done.stderr
+    assert "chromium" not in done.stderr and "haproxy" not in done.stderr
 
 
 def test_every_setting_is_documented_with_its_flag_and_variable() -> None:
