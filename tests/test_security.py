@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import numpy as np
+from aiohttp.test_utils import TestClient
 
 from isweep_backend.decode import SAMPLE_RATE
 from isweep_backend.keys import METRICS, RUNTIME
@@ -156,3 +158,47 @@ async def test_a_rebound_dns_name_is_not_taken_for_the_service_itself(
         headers={"Origin": f"http://evil.example:{port}", "Host": f"evil.example:{port}"},
     )
     assert resp.status == 403
+
+
+async def _raw_request(client: TestClient[Any, Any], head: bytes) -> bytes:
+    """One request written byte for byte, as no well-behaved client would send it."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(head + b"Connection: close\r\n\r\n")
+    answer = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    return answer
+
+
+async def test_a_non_utf8_authorization_header_gets_401(make_client: ClientFactory) -> None:
+    client = await make_client(auth_token="s3cret-token")
+    answer = await _raw_request(
+        client, b"GET /readyz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\xc3\r\n"
+    )
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:80]
+    assert b'"unauthorized"' in answer
+
+
+async def test_error_answers_to_an_allowed_origin_carry_cors_and_expose_retry_after(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client(auth_token="t", max_sessions=1)
+    auth = {"Authorization": "Bearer t", "Origin": EXTENSION}
+    errors = {
+        400: await client.post("/asr/stream", data=b"[", headers=auth),
+        401: await client.post(
+            "/asr/stream", json=chunk_body(QUIET, 0), headers={"Origin": EXTENSION}
+        ),
+        404: await client.get("/nowhere", headers=auth),
+    }
+    assert (await client.post("/asr/stream", json=chunk_body(QUIET, 0), headers=auth)).status == 200
+    errors[503] = await client.post(
+        "/asr/stream", json=chunk_body(QUIET, 0, tab_id=99), headers=auth
+    )
+    for status, resp in errors.items():
+        assert resp.status == status
+        assert resp.headers.get("Access-Control-Allow-Origin") == EXTENSION, status
+        exposed = resp.headers.get("Access-Control-Expose-Headers", "")
+        assert "Retry-After" in exposed, status
+        assert (await resp.json())["error"]["code"]
+    assert errors[503].headers["Retry-After"]
