@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -186,7 +187,11 @@ def env_name(field_name: str) -> str:
 
 
 def _validation_problems(s: Settings) -> list[str]:
-    problems = []
+    problems = [
+        f"{f.name} must be a finite number"
+        for f in dataclasses.fields(s)
+        if isinstance(getattr(s, f.name), float) and not math.isfinite(getattr(s, f.name))
+    ]
     if not 0 < s.port < 65536:
         problems.append(f"port {s.port} is not a TCP port")
     if s.device not in get_args(Device):
@@ -255,8 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
             dest=f.name,
             type=kind,
             default=argparse.SUPPRESS,
-            help=f"{f.metadata.get('help', '')} [{env_name(f.name)}]"
-            + ("" if f.metadata.get("secret") else f" (default: {f.default!r})"),
+            # argparse %-formats help strings: a bare % in a text ("70% of this") breaks it.
+            help=(
+                f"{f.metadata.get('help', '')} [{env_name(f.name)}]"
+                + ("" if f.metadata.get("secret") else f" (default: {f.default!r})")
+            ).replace("%", "%%"),
         )
     return parser
 
