@@ -119,10 +119,18 @@ class Settings:
         },
     )
     reorder_wait_seconds: float = field(
-        default=2.0, metadata={"help": "how long a missing seq is waited for before skipping"}
+        default=2.0,
+        metadata={
+            "help": "how long an early blob is held, from its arrival, before the missing "
+            "seqs before it are skipped"
+        },
     )
     max_held_blobs: int = field(
-        default=16, metadata={"help": "out-of-order blobs held per session while waiting"}
+        default=16,
+        metadata={
+            "help": "out-of-order blobs held per session while waiting; also the hold "
+            "window: a blob more than this many seqs past the newest one received is dropped"
+        },
     )
     # --- streaming policy ---------------------------------------------------------------------
     response_wait_seconds: float = field(
