@@ -55,6 +55,7 @@ SHED_REASONS = (
     "session_limit",
     "user_session_limit",
     "rate_limit",
+    "session_start_rate",
     "overloaded",
     "buffer_limit",
 )

@@ -139,8 +139,9 @@ def build_openapi() -> dict[str, Any]:
         **_REFUSALS,
         "413": _error("the body is over max_request_bytes", ["request_too_large"]),
         "429": _error(
-            "too many requests from this session, or too many sessions of this user",
-            ["rate_limited", "too_many_sessions"],
+            "too many requests from this session, too many sessions of this user, or too "
+            "many new sessions from this client address or token",
+            ["rate_limited", "too_many_sessions", "session_start_rate_limited"],
             retry_after=True,
         ),
         "503": _error(

@@ -9,6 +9,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from .ratelimit import Caller
 from .schema import error_body
 from .settings import Settings
 
@@ -67,6 +68,33 @@ def _caller_origin(request: web.Request, settings: Settings, allowed: list[str])
     if is_own_origin(request, origin, settings.host) or origin_allowed(origin, allowed):
         return origin
     return None
+
+
+def client_address(request: web.Request, trusted_proxies: str) -> str:
+    """The address the request came from: the peer, or, when the peer is a trusted reverse
+    proxy, the last X-Forwarded-For entry (the one it appended; earlier ones are the
+    client's own say and could be anything)."""
+    peer = request.remote or ""
+    if peer and peer in parse_origins(trusted_proxies):
+        hops = [
+            hop.strip()
+            for value in request.headers.getall("X-Forwarded-For", [])
+            for hop in value.split(",")
+            if hop.strip()
+        ]
+        if hops:
+            return hops[-1]
+    return peer
+
+
+def caller_of(request: web.Request, settings: Settings) -> Caller:
+    """Who starts a session, for the limits on starting them. There is one token, so every
+    caller that passed the auth check shares the token's bucket; without a token, every
+    caller shares one."""
+    return Caller(
+        address=client_address(request, settings.trusted_proxies),
+        token="bearer" if settings.auth_token else "",
+    )
 
 
 def cors_middleware(settings: Settings) -> Middleware:

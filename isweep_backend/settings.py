@@ -47,6 +47,14 @@ class Settings:
             "a trailing * matches any suffix; other origins get 403"
         },
     )
+    trusted_proxies: str = field(
+        default="",
+        metadata={
+            "help": "comma-separated addresses of reverse proxies in front of the service; "
+            "for a request from one of them the client address is the last "
+            "X-Forwarded-For entry (the one that proxy appended)"
+        },
+    )
     # --- model ------------------------------------------------------------------------------
     model: str = field(
         default="tiny.en",
@@ -105,6 +113,20 @@ class Settings:
     max_requests_per_second: float = field(
         default=10.0,
         metadata={"help": "per-session request rate (bursts of twice this); beyond answers 429"},
+    )
+    new_sessions_per_minute_per_client: float = field(
+        default=30.0,
+        metadata={
+            "help": "sessions one client address (an IPv6 /64) may start a minute, in "
+            "bursts of as many; beyond answers 429; 0 = no per-address limit"
+        },
+    )
+    new_sessions_per_minute_per_token: float = field(
+        default=300.0,
+        metadata={
+            "help": "sessions all callers of the token (or, without a token, all callers) "
+            "may start a minute, in bursts of as many; beyond answers 429; 0 = no limit"
+        },
     )
     max_buffered_audio_seconds: float = field(
         default=1800.0,
@@ -228,6 +250,8 @@ def _validation_problems(s: Settings) -> list[str]:
     for name in (
         "reorder_wait_seconds",
         "response_wait_seconds",
+        "new_sessions_per_minute_per_client",
+        "new_sessions_per_minute_per_token",
         "cpu_threads",
         "inference_workers",
     ):
