@@ -47,3 +47,7 @@ class ModelNotReady(IsweepError):
 
 class ModelNotFound(IsweepError):
     """A model name or path could not be resolved to a loadable model."""
+
+
+class ModelIntegrityError(ModelNotFound):
+    """A bundled model's file is not the one its pinned package version ships."""

@@ -95,7 +95,10 @@ class Settings:
     )
     model_cache_dir: str = field(
         default="",
-        metadata={"help": "where split bundled models are joined; default: the user cache"},
+        metadata={
+            "help": "where split bundled models are joined and verified model digests "
+            "recorded; default: the user cache"
+        },
     )
     # --- sessions and buffers -----------------------------------------------------------------
     buffer_seconds: float = field(
