@@ -75,7 +75,7 @@ def client_address(request: web.Request, trusted_proxies: str) -> str:
     proxy, the last X-Forwarded-For entry (the one it appended; earlier ones are the
     client's own say and could be anything)."""
     peer = request.remote or ""
-    if peer and peer in parse_origins(trusted_proxies):
+    if peer and peer in {a.strip() for a in trusted_proxies.split(",")}:
         hops = [
             hop.strip()
             for value in request.headers.getall("X-Forwarded-For", [])
