@@ -17,7 +17,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .errors import InvalidRequest, ModelNotReady, Overloaded, RateLimited, SessionLimit
 from .keys import METRICS, RUNTIME, SETTINGS
 from .openapi import add_docs_routes
+from .ratelimit import retry_after_header
 from .schema import error_body, parse_chunk, segments_from_words
+from .security import caller_of
 from .session import session_hash
 
 log = structlog.get_logger("isweep_backend.api")
@@ -40,7 +42,9 @@ async def asr_stream(request: web.Request) -> web.Response:
     structlog.contextvars.bind_contextvars(
         session=session_hash((chunk.user_id, chunk.tab_id)), seq=chunk.seq
     )
-    outcome = await runtime.registry.accept(chunk, answer_by)
+    outcome = await runtime.registry.accept(
+        chunk, answer_by, caller_of(request, request.app[SETTINGS])
+    )
     segments = segments_from_words(outcome.words)
     log.info(
         "chunk_answered",
@@ -115,7 +119,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = json_error(503, "overloaded", str(exc), **RETRY_AFTER)
     except RateLimited as exc:
         log.info("request_rejected", code=exc.code)
-        response = json_error(429, exc.code, str(exc), **RETRY_AFTER)
+        retry = RETRY_AFTER
+        if exc.retry_after_seconds is not None:
+            retry = {"Retry-After": retry_after_header(exc.retry_after_seconds)}
+        response = json_error(429, exc.code, str(exc), **retry)
     except ModelNotReady as exc:
         response = json_error(503, "model_not_ready", str(exc), **RETRY_AFTER)
     except web.HTTPRequestEntityTooLarge:

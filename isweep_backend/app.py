@@ -15,7 +15,7 @@ from .engine import Engine
 from .keys import DECODE_EXECUTOR, METRICS, PASS_EXECUTOR, RUNTIME, SETTINGS, Runtime
 from .metrics import Metrics
 from .scheduler import PassScheduler
-from .security import auth_middleware, cors_middleware
+from .security import auth_middleware, cors_headers_on_every_answer, cors_middleware
 from .sessions import SessionRegistry
 from .settings import Settings, parallelism
 
@@ -31,6 +31,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
         # Outermost first: every answer, refusals included, is JSON, counted and logged.
         middlewares=[error_middleware, cors_middleware(settings), auth_middleware(settings)],
     )
+    app.on_response_prepare.append(cors_headers_on_every_answer(settings))
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[RUNTIME] = Runtime()

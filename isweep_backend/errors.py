@@ -35,9 +35,10 @@ class Overloaded(IsweepError):
 class RateLimited(IsweepError):
     """A client sends faster than any recorder does: too many requests or sessions (429)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, retry_after_seconds: float | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.retry_after_seconds = retry_after_seconds  # None: the default Retry-After
 
 
 class ModelNotReady(IsweepError):
@@ -46,3 +47,7 @@ class ModelNotReady(IsweepError):
 
 class ModelNotFound(IsweepError):
     """A model name or path could not be resolved to a loadable model."""
+
+
+class ModelIntegrityError(ModelNotFound):
+    """A bundled model's file is not the one its pinned package version ships."""

@@ -41,7 +41,7 @@ PASS_OUTCOMES = ("ok", "vad_skipped", "error")
 COMMIT_RULES = ("agreement", "end_of_speech", "deadline")
 HALLUCINATION_GUARDS = ("segment", "outside_speech")
 EVICTION_REASONS = ("ttl", "new_capture", "shutdown")
-SEQ_EVENTS = ("early", "duplicate", "late", "gap", "restart")
+SEQ_EVENTS = ("early", "duplicate", "late", "far_ahead", "gap", "restart")
 DECODE_ERROR_KINDS = (
     "no_stream_header",
     "unsupported_codec",
@@ -55,6 +55,7 @@ SHED_REASONS = (
     "session_limit",
     "user_session_limit",
     "rate_limit",
+    "session_start_rate",
     "overloaded",
     "buffer_limit",
 )
@@ -205,8 +206,9 @@ class Metrics:
         )
         self.seq_events = Counter(
             "isweep_seq_events_total",
-            "Blob ordering events: early (held, reordered), duplicate, late, gap (seqs "
-            "skipped), restart (a new recorder stream).",
+            "Blob ordering events: early (held, reordered), duplicate, late, far_ahead "
+            "(beyond the hold window: dropped), gap (seqs skipped), restart (a new recorder "
+            "stream).",
             ["event"],
             registry=r,
         )

@@ -3,6 +3,7 @@ from the swagger-ui-bundle package, never a CDN)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ from . import __version__
 from .schema import MAX_SEQ, MAX_TAB_ID, MAX_USER_ID_CHARS
 
 DOCS_STATIC = "/docs/static"
+# The swagger-ui-bundle files that _DOCS_PAGE loads, and nothing else of its dist.
+DOCS_ASSETS = ("swagger-ui.css", "swagger-ui-bundle.js")
 
 
 def _error(description: str, codes: list[str], retry_after: bool = False) -> dict[str, Any]:
@@ -136,8 +139,9 @@ def build_openapi() -> dict[str, Any]:
         **_REFUSALS,
         "413": _error("the body is over max_request_bytes", ["request_too_large"]),
         "429": _error(
-            "too many requests from this session, or too many sessions of this user",
-            ["rate_limited", "too_many_sessions"],
+            "too many requests from this session, too many sessions of this user, or too "
+            "many new sessions from this client address or token",
+            ["rate_limited", "too_many_sessions", "session_start_rate_limited"],
             retry_after=True,
         ),
         "503": _error(
@@ -218,7 +222,11 @@ _DOCS_PAGE = """<!DOCTYPE html>
 <script src="{static}/docs-init.js"></script>
 </body></html>
 """
-_DOCS_INIT = "window.ui = SwaggerUIBundle({url: '/openapi.json', dom_id: '#swagger-ui'});\n"
+# validatorUrl: null, or Swagger UI would send the spec to its public validator.
+_DOCS_INIT = (
+    "window.ui = SwaggerUIBundle({url: '/openapi.json', dom_id: '#swagger-ui', "
+    "validatorUrl: null});\n"
+)
 
 
 def swagger_ui_dir() -> Path:
@@ -240,8 +248,19 @@ async def docs_init(request: web.Request) -> web.Response:
     return web.Response(text=_DOCS_INIT, content_type="application/javascript")
 
 
+def _asset(path: Path) -> Callable[[web.Request], Awaitable[web.FileResponse]]:
+    async def serve(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(path)
+
+    return serve
+
+
 def add_docs_routes(app: web.Application) -> None:
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/docs", docs_page)
     app.router.add_get(f"{DOCS_STATIC}/docs-init.js", docs_init)
-    app.router.add_static(DOCS_STATIC, swagger_ui_dir())
+    # Only the two files the page loads: the package's own index.html and initializer
+    # would point a visitor's browser at a spec on the internet.
+    folder = swagger_ui_dir()
+    for name in DOCS_ASSETS:
+        app.router.add_get(f"{DOCS_STATIC}/{name}", _asset(folder / name))

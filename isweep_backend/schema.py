@@ -53,8 +53,13 @@ def decode_base64(text: str) -> bytes:
 def parse_chunk(body_bytes: bytes) -> Chunk:
     try:
         body = json.loads(body_bytes)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequest("invalid_json", f"body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        # Nesting deeper than the parser's stack: no chunk is shaped like that.
+        raise InvalidRequest("invalid_json", "body is nested too deeply") from exc
+    except ValueError as exc:
+        # JSONDecodeError, UnicodeDecodeError, and the int-conversion limit (over 4300
+        # digits) are all ValueErrors: each means the body is not a chunk.
+        raise InvalidRequest("invalid_json", f"body is not valid JSON: {exc}"[:200]) from exc
     if not isinstance(body, dict):
         raise InvalidRequest("invalid_json", "body must be a JSON object")
 

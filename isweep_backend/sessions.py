@@ -15,6 +15,7 @@ import structlog
 from .decode import SAMPLE_RATE, starts_stream
 from .errors import IsweepError, Overloaded, RateLimited, SessionLimit
 from .metrics import Metrics
+from .ratelimit import Caller, SessionStartLimiter
 from .schema import Chunk
 from .session import Outcome, Session, SessionKey, is_new_capture
 from .settings import Settings
@@ -62,6 +63,10 @@ class SessionRegistry:
         self._overloaded = overloaded
         self._sessions: dict[SessionKey, Session] = {}
         self._per_user: dict[str, int] = {}
+        self._session_starts = SessionStartLimiter(
+            settings.new_sessions_per_minute_per_client,
+            settings.new_sessions_per_minute_per_token,
+        )
         self._evicted_last_round = False
         self._evictor: asyncio.Task[None] | None = None
 
@@ -71,14 +76,19 @@ class SessionRegistry:
     def get(self, key: SessionKey) -> Session | None:
         return self._sessions.get(key)
 
-    async def accept(self, chunk: Chunk, answer_by: float) -> Outcome:
+    async def accept(self, chunk: Chunk, answer_by: float, caller: Caller) -> Outcome:
         key = (chunk.user_id, chunk.tab_id)
         session = self._sessions.get(key)
-        if session is not None and is_new_capture(session, chunk.seq, chunk.audio):
+        new_capture = session is not None and is_new_capture(session, chunk.seq, chunk.audio)
+        if session is None or new_capture:
+            # Before a new capture replaces a session: churn must not get past the limit.
+            self._limit_session_starts(caller)
+        if session is not None and new_capture:
             self._remove(session, "new_capture")
             session = None
         if session is None:
             session = self._create(key, chunk)
+            self._session_starts.charge(caller, time.monotonic())
         elif not session.rate_limit.take(time.monotonic()):
             self._metrics.requests_shed.labels("rate_limit").inc()
             raise RateLimited(
@@ -87,6 +97,23 @@ class SessionRegistry:
                 f"{self._settings.max_requests_per_second:g} requests a second",
             )
         return await session.accept(chunk.seq, chunk.audio, answer_by)
+
+    def _limit_session_starts(self, caller: Caller) -> None:
+        limit, wait = self._session_starts.wait_seconds(caller, time.monotonic())
+        if wait <= 0:
+            return
+        self._metrics.requests_shed.labels("session_start_rate").inc()
+        log.warning("session_refused", reason="session_start_rate", limit=limit)
+        per_minute = (
+            self._settings.new_sessions_per_minute_per_client
+            if limit == "client"
+            else self._settings.new_sessions_per_minute_per_token
+        )
+        raise RateLimited(
+            "session_start_rate_limited",
+            f"new sessions are limited to {per_minute:g} a minute per {limit}",
+            retry_after_seconds=wait,
+        )
 
     def _admit(self, user_id: str) -> None:
         """Refuse a new session, fast, if the service or this user cannot take one more."""

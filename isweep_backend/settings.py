@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,14 @@ class Settings:
         metadata={
             "help": "comma-separated origins allowed to call the API from a browser; "
             "a trailing * matches any suffix; other origins get 403"
+        },
+    )
+    trusted_proxies: str = field(
+        default="",
+        metadata={
+            "help": "comma-separated addresses of reverse proxies in front of the service; "
+            "for a request from one of them the client address is the last "
+            "X-Forwarded-For entry (the one that proxy appended)"
         },
     )
     # --- model ------------------------------------------------------------------------------
@@ -86,7 +95,10 @@ class Settings:
     )
     model_cache_dir: str = field(
         default="",
-        metadata={"help": "where split bundled models are joined; default: the user cache"},
+        metadata={
+            "help": "where split bundled models are joined and verified model digests "
+            "recorded; default: the user cache"
+        },
     )
     # --- sessions and buffers -----------------------------------------------------------------
     buffer_seconds: float = field(
@@ -105,6 +117,20 @@ class Settings:
         default=10.0,
         metadata={"help": "per-session request rate (bursts of twice this); beyond answers 429"},
     )
+    new_sessions_per_minute_per_client: float = field(
+        default=30.0,
+        metadata={
+            "help": "sessions one client address (an IPv6 /64) may start a minute, in "
+            "bursts of as many; beyond answers 429; 0 = no per-address limit"
+        },
+    )
+    new_sessions_per_minute_per_token: float = field(
+        default=300.0,
+        metadata={
+            "help": "sessions all callers of the token (or, without a token, all callers) "
+            "may start a minute, in bursts of as many; beyond answers 429; 0 = no limit"
+        },
+    )
     max_buffered_audio_seconds: float = field(
         default=1800.0,
         metadata={"help": "audio buffered over all sessions beyond which new sessions get 503"},
@@ -118,10 +144,18 @@ class Settings:
         },
     )
     reorder_wait_seconds: float = field(
-        default=2.0, metadata={"help": "how long a missing seq is waited for before skipping"}
+        default=2.0,
+        metadata={
+            "help": "how long an early blob is held, from its arrival, before the missing "
+            "seqs before it are skipped"
+        },
     )
     max_held_blobs: int = field(
-        default=16, metadata={"help": "out-of-order blobs held per session while waiting"}
+        default=16,
+        metadata={
+            "help": "out-of-order blobs held per session while waiting; also the hold "
+            "window: a blob more than this many seqs past the newest one received is dropped"
+        },
     )
     # --- streaming policy ---------------------------------------------------------------------
     response_wait_seconds: float = field(
@@ -186,7 +220,11 @@ def env_name(field_name: str) -> str:
 
 
 def _validation_problems(s: Settings) -> list[str]:
-    problems = []
+    problems = [
+        f"{f.name} must be a finite number"
+        for f in dataclasses.fields(s)
+        if isinstance(getattr(s, f.name), float) and not math.isfinite(getattr(s, f.name))
+    ]
     if not 0 < s.port < 65536:
         problems.append(f"port {s.port} is not a TCP port")
     if s.device not in get_args(Device):
@@ -215,6 +253,8 @@ def _validation_problems(s: Settings) -> list[str]:
     for name in (
         "reorder_wait_seconds",
         "response_wait_seconds",
+        "new_sessions_per_minute_per_client",
+        "new_sessions_per_minute_per_token",
         "cpu_threads",
         "inference_workers",
     ):
@@ -255,8 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
             dest=f.name,
             type=kind,
             default=argparse.SUPPRESS,
-            help=f"{f.metadata.get('help', '')} [{env_name(f.name)}]"
-            + ("" if f.metadata.get("secret") else f" (default: {f.default!r})"),
+            # argparse %-formats help strings: a bare % in a text ("70% of this") breaks it.
+            help=(
+                f"{f.metadata.get('help', '')} [{env_name(f.name)}]"
+                + ("" if f.metadata.get("secret") else f" (default: {f.default!r})")
+            ).replace("%", "%%"),
         )
     return parser
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import signal
@@ -15,11 +16,14 @@ from typing import Any
 
 import pytest
 
+from isweep_backend.settings import Settings, env_name
 from tests.audio_tools import wav_bytes
 from tests.conftest import load_synthetic
 from tests.live_server import free_port
 
 SERVICE = [sys.executable, "-m", "isweep_backend", "--log-format", "json"]
+# What the `isweep-backend` console script runs (pyproject.toml [project.scripts]).
+CONSOLE_SCRIPT = "import sys; from isweep_backend.__main__ import main; sys.exit(main())"
 
 
 def start_service(**env: str) -> tuple[subprocess.Popen[str], str]:
@@ -112,3 +116,18 @@ def test_sigterm_answers_the_request_in_flight_and_exits_promptly() -> None:
     assert answer.get("status") == 200
     events = events_of(output)
     assert events.index("shutdown_started") < events.index("shutdown_complete")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[sys.executable, "-m", "isweep_backend"], [sys.executable, "-c", CONSOLE_SCRIPT]],
+    ids=["python_-m", "console_script"],
+)
+def test_help_lists_every_setting_and_exits_0(command: list[str]) -> None:
+    proc = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    for f in dataclasses.fields(Settings):
+        assert "--" + f.name.replace("_", "-") in proc.stdout
+        assert env_name(f.name) in proc.stdout
+    assert "below 70% of this" in " ".join(proc.stdout.split())  # a bare %, as written

@@ -47,6 +47,8 @@ def live(engine: Engine) -> Iterator[str]:
         max_requests_per_second=10_000.0,
         max_sessions=256,
         max_sessions_per_user=256,
+        new_sessions_per_minute_per_client=0.0,  # the storm starts sessions by the hundred
+        new_sessions_per_minute_per_token=0.0,
         response_wait_seconds=0.0,
         max_request_bytes=256 * 1024,
     )

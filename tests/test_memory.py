@@ -34,6 +34,8 @@ async def test_a_thousand_idle_sessions_are_evicted_and_their_memory_returns(
     client = await make_client(
         max_sessions=SESSIONS,
         max_sessions_per_user=SESSIONS,
+        new_sessions_per_minute_per_client=0.0,  # a thousand sessions from one address
+        new_sessions_per_minute_per_token=0.0,
         session_ttl_seconds=600.0,
         response_wait_seconds=0.0,
     )

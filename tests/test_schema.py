@@ -8,6 +8,7 @@ import pytest
 from isweep_backend.engine import Word
 from isweep_backend.errors import InvalidRequest
 from isweep_backend.schema import parse_chunk, segments_from_words
+from tests.conftest import ClientFactory
 
 
 def body(**fields: object) -> bytes:
@@ -68,3 +69,32 @@ def test_segments_split_at_sentence_ends_and_pauses_and_skip_empty_words() -> No
         "end_seconds": 1.0,
         "probability": 0.7,
     }
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[" * 100_000,  # deeper than the parser's stack
+        b'{"user_id": "u", "tab_id": ' + b"7" * 5000 + b"}",  # over the int-conversion limit
+        b'{"user_id": "\xff"}',  # not UTF-8
+    ],
+    ids=["deep_nesting", "huge_integer", "not_utf8"],
+)
+def test_bodies_the_json_parser_chokes_on_are_invalid_json(raw: bytes) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        parse_chunk(raw)
+    assert info.value.code == "invalid_json"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"[" * 100_000, b'{"seq": ' + b"1" * 4301 + b"}"],
+    ids=["deep_nesting", "huge_integer"],
+)
+async def test_parser_chokes_answer_400_through_the_app(
+    make_client: ClientFactory, raw: bytes
+) -> None:
+    client = await make_client()
+    resp = await client.post("/asr/stream", data=raw, headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+    assert (await resp.json())["error"]["code"] == "invalid_json"

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import pytest
 
 from isweep_backend.settings import Settings, load_settings, parallelism
@@ -30,3 +33,19 @@ def test_parallelism_defaults_to_one_single_thread_pass_per_core() -> None:
     assert parallelism(Settings(), cores=16) == (4, 4)
     assert parallelism(Settings(inference_workers=1), cores=2) == (1, 2)
     assert parallelism(Settings(inference_workers=1, cpu_threads=3), cores=2) == (1, 3)
+
+
+@pytest.mark.parametrize("raw", ["nan", "NaN", "inf", "-inf", "Infinity"])
+def test_nan_and_infinity_are_refused(raw: str) -> None:
+    with pytest.raises(ValueError, match="reorder_wait_seconds must be a finite number"):
+        load_settings([], {"ISWEEP_REORDER_WAIT_SECONDS": raw})
+    with pytest.raises(ValueError, match="session_ttl_seconds must be a finite number"):
+        load_settings([f"--session-ttl-seconds={raw}"], {})
+
+
+def test_every_float_setting_is_checked_for_finiteness() -> None:
+    floats = [f.name for f in dataclasses.fields(Settings) if isinstance(f.default, float)]
+    assert len(floats) > 10
+    for name in floats:
+        with pytest.raises(ValueError, match=f"{name} must be a finite number"):
+            Settings(**{name: math.nan})
