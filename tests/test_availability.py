@@ -74,7 +74,10 @@ async def test_a_new_capture_in_a_tab_is_admitted_while_new_sessions_are_shed(
 ) -> None:
     """One worker busy with a long pass and a session queued behind it: the service sheds new
     sessions. A new capture (seq 0, another header) in a tab that has a session replaces it."""
-    client = await make_client(overload_pass_cycle_seconds=0.01, inference_workers=1)
+    # No request waits for its pass, so all of this happens early in the long pass.
+    client = await make_client(
+        overload_pass_cycle_seconds=0.01, inference_workers=1, response_wait_seconds=0.0
+    )
     long_speech = load_synthetic("long").pcm
     await post(client, chunk_body(wav_bytes(long_speech[: 30 * SAMPLE_RATE]), 0, tab_id=9))
     scheduler = scheduler_of(client)
@@ -87,6 +90,8 @@ async def test_a_new_capture_in_a_tab_is_admitted_while_new_sessions_are_shed(
     assert registry is not None
     old = registry.get(("user-1", 1))
     assert old is not None and old.pass_pending
+    while time.perf_counter() - old.pass_enqueued_at <= 0.02:  # its wait passes the limit
+        await asyncio.sleep(0.005)
     status, body = await post(client, chunk_body(QUIET, 0, tab_id=5))
     assert (status, body["error"]["code"]) == (503, "overloaded")
     status, _ = await post(client, chunk_body(second[0], 0, tab_id=1))
