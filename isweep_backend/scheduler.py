@@ -89,7 +89,10 @@ class PassScheduler:
         return sum(not task.done() for task in self._worker_tasks.values())
 
     def start(self, engine: Engine) -> None:
-        """Start the workers on the loaded model."""
+        """Start the workers on the loaded model (not once stopping: a model that finishes
+        loading during shutdown runs nothing)."""
+        if self._stopping:
+            return
         self._engine = engine
         for slot in range(self._workers):
             self._spawn_worker(slot)

@@ -90,8 +90,8 @@ async def test_a_new_capture_in_a_tab_is_admitted_while_new_sessions_are_shed(
     assert registry is not None
     old = registry.get(("user-1", 1))
     assert old is not None and old.pass_pending
-    while time.perf_counter() - old.pass_enqueued_at <= 0.02:  # its wait passes the limit
-        await asyncio.sleep(0.005)
+    # Until the queued pass has waited twice the limit (the long pass is still running).
+    await asyncio.sleep(max(0.0, 0.02 - (time.perf_counter() - old.pass_enqueued_at)))
     status, body = await post(client, chunk_body(QUIET, 0, tab_id=5))
     assert (status, body["error"]["code"]) == (503, "overloaded")
     status, _ = await post(client, chunk_body(second[0], 0, tab_id=1))
@@ -182,6 +182,23 @@ async def test_a_dead_worker_shows_in_readyz_and_metrics_and_is_replaced(
         assert status == 200
         words += [w["word"] for w in words_of(body)]
     assert words, "the replacement worker does not recognise"
+
+
+async def test_a_pass_that_ends_after_stop_queues_nothing(make_client: ClientFactory) -> None:
+    """Audio arrives during a pass, then the scheduler stops (as on SIGTERM): the pass finishes,
+    and its session is not queued again behind a stopped scheduler."""
+    client = await make_client(inference_workers=1, response_wait_seconds=0.0)
+    speech = load_synthetic("long").pcm
+    await post(client, chunk_body(wav_bytes(speech[: 20 * SAMPLE_RATE]), 0))
+    scheduler = scheduler_of(client)
+    assert scheduler.running == 1
+    await post(client, chunk_body(wav_bytes(speech[20 * SAMPLE_RATE : 22 * SAMPLE_RATE]), 1))
+    registry = client.app[RUNTIME].registry
+    session = registry.get(("user-1", 7)) if registry is not None else None
+    assert session is not None and session.ring.end == 22 * SAMPLE_RATE
+    await scheduler.stop(30.0)
+    assert scheduler.running == 0 and session.passes == 1
+    assert scheduler.depth == 0 and not session.pass_pending
 
 
 AppClientFactory = Callable[..., Awaitable[Client]]
