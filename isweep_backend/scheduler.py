@@ -72,9 +72,10 @@ class PassScheduler:
         self._ready = asyncio.Event()
         self._worker_tasks: dict[int, asyncio.Task[None]] = {}
         self._stopping = False
+        self._in_flight = 0  # sessions a worker is busy with, applying the result included
         self._idle = asyncio.Event()
         self._idle.set()
-        self.running = 0
+        self.running = 0  # passes on the executor now
 
     @property
     def depth(self) -> int:
@@ -134,7 +135,7 @@ class PassScheduler:
             self._idle_since = None
 
     def _note_if_idle(self) -> None:
-        if not self._queue and not self.running and self._idle_since is None:
+        if not self._queue and not self._in_flight and self._idle_since is None:
             self._idle_since = time.perf_counter()
 
     def load_seconds(self) -> float:
@@ -223,6 +224,8 @@ class PassScheduler:
         """Run one pass; whatever fails around it, its waiters are answered and the worker
         goes on to the next session."""
         finished = False
+        self._in_flight += 1
+        self._idle.clear()
         try:
             await self._run_pass(session)
             finished = True
@@ -232,6 +235,9 @@ class PassScheduler:
         finally:
             if not finished:
                 await self._release(session)
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
             self._note_if_idle()
 
     async def _release(self, session: Session) -> None:
@@ -251,7 +257,6 @@ class PassScheduler:
         request = session.make_pass_request()
         new_audio = request.offset + request.audio.size - session.processed_end
         self.running += 1
-        self._idle.clear()
         loop = asyncio.get_running_loop()
         try:
             result = await loop.run_in_executor(self._executor, self._engine.run_pass, request)
@@ -263,8 +268,6 @@ class PassScheduler:
             return
         finally:
             self.running -= 1
-            if not self.running:
-                self._idle.set()
         elapsed = time.perf_counter() - started
         cycle = waited + elapsed
         self._cycle_ewma = (1 - WAIT_EWMA_WEIGHT) * self._cycle_ewma + WAIT_EWMA_WEIGHT * cycle
