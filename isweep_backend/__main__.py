@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
+import time
 from collections.abc import Sequence
 
 import structlog
 from aiohttp import web
 
-from .app import create_app
+from .app import SHUTDOWN_EXIT_GRACE_SECONDS, SHUTDOWN_REQUEST_GRACE_SECONDS, create_app
 from .errors import ModelNotFound
 from .logging import configure_logging
 from .models import resolve_model
@@ -43,9 +46,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         port=settings.port,
         print=None,
         access_log=None,
-        shutdown_timeout=15.0,
+        shutdown_timeout=SHUTDOWN_REQUEST_GRACE_SECONDS,
     )
+    if not _executor_threads_finished(SHUTDOWN_EXIT_GRACE_SECONDS):
+        # A pass (or the model load) outlived its grace. Python would wait for its thread at
+        # exit, past the stop bound; nothing it holds needs saving, so leave without it.
+        log.warning("shutdown_abandoned_work")
+        sys.stdout.flush()
+        os._exit(0)
     return 0
+
+
+def _executor_threads_finished(timeout: float) -> bool:
+    """Wait up to `timeout` for the pass and decode threads to end; whether they all did."""
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread.name.startswith("isweep-"):
+            thread.join(max(0.0, deadline - time.monotonic()))
+    return not any(t.name.startswith("isweep-") and t.is_alive() for t in threading.enumerate())
 
 
 if __name__ == "__main__":

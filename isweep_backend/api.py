@@ -35,8 +35,10 @@ async def asr_stream(request: web.Request) -> web.Response:
     # The whole answer, body upload and decoding included, fits the wait budget.
     answer_by = asyncio.get_running_loop().time() + request.app[SETTINGS].response_wait_seconds
     runtime = request.app[RUNTIME]
-    if runtime.registry is None:
-        raise ModelNotReady(runtime.error or "the model is still loading")
+    # While the model loads, chunks are accepted and buffered (their words come later);
+    # only a model that failed to load refuses them.
+    if runtime.error is not None or runtime.registry is None:
+        raise ModelNotReady(runtime.error or "the service is starting")
     body = await request.read()
     chunk = parse_chunk(body)
     structlog.contextvars.bind_contextvars(
@@ -71,16 +73,23 @@ async def readyz(request: web.Request) -> web.Response:
         status = "failed" if runtime.error else "loading"
         return web.json_response({"status": status, "error": runtime.error}, status=503)
     info = runtime.engine.info
-    return web.json_response(
-        {
-            "status": "ready",
-            "model": info.name,
-            "model_source": info.source,
-            "device": info.device,
-            "compute_type": info.compute_type,
-            "sessions": len(runtime.registry),
-        }
-    )
+    workers = runtime.scheduler.workers if runtime.scheduler is not None else 0
+    alive = runtime.scheduler.workers_alive() if runtime.scheduler is not None else 0
+    body = {
+        "status": "ready",
+        "model": info.name,
+        "model_source": info.source,
+        "device": info.device,
+        "compute_type": info.compute_type,
+        "sessions": len(runtime.registry),
+        "pass_workers": workers,
+        "pass_workers_alive": alive,
+    }
+    if alive < workers:
+        # Recognition capacity is lost until the dead workers are replaced (a few seconds).
+        error = f"{workers - alive} of {workers} pass workers are down; restarting"
+        return web.json_response(body | {"status": "degraded", "error": error}, status=503)
+    return web.json_response(body)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -20,12 +20,20 @@ from .sessions import SessionRegistry
 from .settings import Settings, parallelism
 
 log = structlog.get_logger("isweep_backend.app")
-SHUTDOWN_PASS_GRACE_SECONDS = 10.0
+# SIGTERM to exit, within Docker's 10 s stop grace: passes in flight get PASS_GRACE to finish
+# (queued ones are dropped at once, their requests answer); then requests still in flight get
+# REQUEST_GRACE to answer; then the process exits (`__main__` waits EXIT_GRACE at most for a
+# pass thread that outlived its grace). 5 + 2 + 1 = 8 s, the bound the README states.
+SHUTDOWN_PASS_GRACE_SECONDS = 5.0
+SHUTDOWN_REQUEST_GRACE_SECONDS = 2.0
+SHUTDOWN_EXIT_GRACE_SECONDS = 1.0
+SHUTDOWN_BOUND_SECONDS = 8.0
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> web.Application:
     """The whole service. Pass a loaded `engine` to share one model between apps (tests);
-    otherwise the model loads in the background and /readyz turns 200 when it is warm."""
+    otherwise the model loads in the background: chunks are accepted and buffered meanwhile,
+    and /readyz turns 200 when it is warm."""
     app = web.Application(
         client_max_size=settings.max_request_bytes,
         # Outermost first: every answer, refusals included, is JSON, counted and logged.
@@ -37,16 +45,20 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     app[RUNTIME] = Runtime()
     add_routes(app)
     app[METRICS].init_routes(r.canonical for r in app.router.resources())
-    app.on_shutdown.append(_announce_shutdown)
+    app.on_shutdown.append(_shut_down_passes)
     app.cleanup_ctx.append(_executors)
-    app.cleanup_ctx.append(_engine_ctx(engine))
+    app.cleanup_ctx.append(_pipeline_ctx(engine))
     return app
 
 
-async def _announce_shutdown(app: web.Application) -> None:
-    # Called once the listening socket is closed; requests in flight still get answers.
-    registry = app[RUNTIME].registry
+async def _shut_down_passes(app: web.Application) -> None:
+    # Called once the listening socket is closed, before aiohttp waits for the requests in
+    # flight: stopping the passes first is what lets those requests answer promptly.
+    runtime = app[RUNTIME]
+    registry = runtime.registry
     log.info("shutdown_started", sessions=len(registry) if registry is not None else 0)
+    if runtime.scheduler is not None:
+        await runtime.scheduler.stop(SHUTDOWN_PASS_GRACE_SECONDS)
 
 
 async def _executors(app: web.Application) -> AsyncIterator[None]:
@@ -56,15 +68,39 @@ async def _executors(app: web.Application) -> AsyncIterator[None]:
     )
     app[DECODE_EXECUTOR] = ThreadPoolExecutor(1, thread_name_prefix="isweep-decode")
     yield
-    app[PASS_EXECUTOR].shutdown(wait=True, cancel_futures=True)
-    app[DECODE_EXECUTOR].shutdown(wait=True, cancel_futures=True)
+    # Never wait here: that would block the event loop. A pass still running finishes on its
+    # thread; `__main__` bounds how long the process waits for it.
+    app[PASS_EXECUTOR].shutdown(wait=False, cancel_futures=True)
+    app[DECODE_EXECUTOR].shutdown(wait=False, cancel_futures=True)
 
 
-def _engine_ctx(
+def _pipeline_ctx(
     preloaded: Engine | None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         runtime = app[RUNTIME]
+        settings = app[SETTINGS]
+        metrics = app[METRICS]
+        scheduler = PassScheduler(
+            app[PASS_EXECUTOR],
+            metrics,
+            parallelism(settings)[0],
+            settings.min_pass_audio_seconds,
+            settings.overload_pass_cycle_seconds,
+        )
+        # Until the model says otherwise: a forced language, else detect once per session.
+        language = None if settings.language == "auto" else settings.language
+        registry = SessionRegistry(
+            settings,
+            metrics,
+            app[DECODE_EXECUTOR],
+            scheduler.request,
+            language,
+            scheduler.overloaded,
+        )
+        runtime.scheduler = scheduler
+        runtime.registry = registry
+        registry.start()
         loader: asyncio.Task[None] | None = None
         if preloaded is not None:
             _install_engine(app, preloaded)
@@ -73,10 +109,9 @@ def _engine_ctx(
         yield
         if loader is not None and not loader.done():
             loader.cancel()
-        if runtime.scheduler is not None:
-            await runtime.scheduler.stop(SHUTDOWN_PASS_GRACE_SECONDS)
-        if runtime.registry is not None:
-            await runtime.registry.stop()
+        # Usually stopped already, on shutdown; not when the app is only cleaned up.
+        await scheduler.stop(SHUTDOWN_PASS_GRACE_SECONDS)
+        await registry.stop()
         log.info("shutdown_complete")
 
     return ctx
@@ -98,29 +133,11 @@ async def _load_engine(app: web.Application) -> None:
 
 
 def _install_engine(app: web.Application, engine: Engine) -> None:
-    settings = app[SETTINGS]
     metrics = app[METRICS]
-    scheduler = PassScheduler(
-        engine,
-        app[PASS_EXECUTOR],
-        metrics,
-        parallelism(settings)[0],
-        settings.min_pass_audio_seconds,
-        settings.overload_pass_cycle_seconds,
-    )
-    registry = SessionRegistry(
-        settings,
-        metrics,
-        app[DECODE_EXECUTOR],
-        scheduler.request,
-        engine.session_language(),
-        scheduler.overloaded,
-    )
     runtime = app[RUNTIME]
-    runtime.scheduler = scheduler
-    runtime.registry = registry
-    scheduler.start()
-    registry.start()
+    assert runtime.scheduler is not None and runtime.registry is not None
+    runtime.registry.set_default_language(engine.session_language())
+    runtime.scheduler.start(engine)
     info = engine.info
     metrics.model_info.info(
         {

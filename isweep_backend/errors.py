@@ -42,7 +42,7 @@ class RateLimited(IsweepError):
 
 
 class ModelNotReady(IsweepError):
-    """The model is still loading, or failed to load (503)."""
+    """The model failed to load (503); while it loads, chunks are accepted and buffered."""
 
 
 class ModelNotFound(IsweepError):

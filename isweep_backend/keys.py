@@ -16,7 +16,8 @@ from .settings import Settings
 
 @dataclass
 class Runtime:
-    """What exists once the model is loaded; empty while it loads, `error` if it failed."""
+    """The pipeline: the scheduler and registry from start-up, the engine once the model is
+    loaded, `error` if it failed to load."""
 
     engine: Engine | None = None
     scheduler: PassScheduler | None = None

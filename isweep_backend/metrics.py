@@ -153,6 +153,21 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.pass_workers = Gauge(
+            "isweep_pass_workers",
+            "Pass workers the service runs once the model is loaded.",
+            registry=r,
+        )
+        self.pass_workers_alive = Gauge(
+            "isweep_pass_workers_alive",
+            "Pass workers running now; fewer than isweep_pass_workers means lost capacity.",
+            registry=r,
+        )
+        self.pass_worker_restarts = Counter(
+            "isweep_pass_worker_restarts_total",
+            "Pass workers that ended on an error their guard could not handle, and were replaced.",
+            registry=r,
+        )
         self.real_time_factor = Histogram(
             "isweep_pass_real_time_factor",
             "Pass duration divided by the new audio it covered.",

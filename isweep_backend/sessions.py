@@ -84,9 +84,13 @@ class SessionRegistry:
             # Before a new capture replaces a session: churn must not get past the limit.
             self._limit_session_starts(caller)
         if session is not None and new_capture:
+            # A new capture replaces its tab's session one for one: it adds no session, no
+            # load and no buffered audio, so the capacity checks that shed new sessions do not
+            # apply, and the tab never loses its session to a refusal.
             self._remove(session, "new_capture")
-            session = None
-        if session is None:
+            session = self._create(key, chunk, replacing=True)
+            self._session_starts.charge(caller, time.monotonic())
+        elif session is None:
             session = self._create(key, chunk)
             self._session_starts.charge(caller, time.monotonic())
         elif not session.rate_limit.take(time.monotonic()):
@@ -143,11 +147,20 @@ class SessionRegistry:
             return "buffer_limit", Overloaded("the service holds its maximum of buffered audio")
         return None
 
+    def set_default_language(self, language: str | None) -> None:
+        """The loaded model's language: sessions created while it loaded (none has had a
+        pass yet) take it too."""
+        self._default_language = language
+        for session in self._sessions.values():
+            if session.passes == 0:
+                session.language = language
+
     def buffered_seconds(self) -> float:
         return sum(len(s.ring) for s in self._sessions.values()) / SAMPLE_RATE
 
-    def _create(self, key: SessionKey, chunk: Chunk) -> Session:
-        self._admit(key[0])
+    def _create(self, key: SessionKey, chunk: Chunk, replacing: bool = False) -> Session:
+        if not replacing:
+            self._admit(key[0])
         # A blob that opens a stream starts the session's seq count there; any other first
         # blob waits (bounded) for the seqs before it, seq 0 with its header first.
         first_seq = chunk.seq if starts_stream(chunk.audio) else 0
