@@ -31,7 +31,8 @@ def json_error(status: int, code: str, message: str, **headers: str) -> web.Resp
 
 async def asr_stream(request: web.Request) -> web.Response:
     # The whole answer, body upload and decoding included, fits the wait budget.
-    answer_by = asyncio.get_running_loop().time() + request.app[SETTINGS].response_wait_seconds
+    arrived_at = asyncio.get_running_loop().time()
+    answer_by = arrived_at + request.app[SETTINGS].response_wait_seconds
     runtime = request.app[RUNTIME]
     if runtime.registry is None:
         raise ModelNotReady(runtime.error or "the model is still loading")
@@ -40,7 +41,7 @@ async def asr_stream(request: web.Request) -> web.Response:
     structlog.contextvars.bind_contextvars(
         session=session_hash((chunk.user_id, chunk.tab_id)), seq=chunk.seq
     )
-    outcome = await runtime.registry.accept(chunk, answer_by)
+    outcome = await runtime.registry.accept(chunk, answer_by, arrived_at)
     segments = segments_from_words(outcome.words)
     log.info(
         "chunk_answered",
