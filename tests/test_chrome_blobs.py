@@ -33,7 +33,6 @@ from isweep_backend.decode import SAMPLE_RATE, SessionDecoder
 from isweep_backend.engine import Engine
 from isweep_backend.errors import UndecodableAudio
 from isweep_backend.keys import RUNTIME
-from isweep_backend.session import restart_fill_samples
 from isweep_backend.settings import Settings
 from tests.audio_tools import FIXTURES, Pcm, read_wav
 from tests.conftest import ClientFactory
@@ -284,6 +283,8 @@ def test_the_restart_fixture_is_what_its_manifest_says() -> None:
 
 
 def test_the_restarts_lost_audio_is_estimated_from_arrivals_within_50_ms() -> None:
+    from isweep_backend.session import restart_fill_samples
+
     lost = true_restart_loss_seconds()
     assert 0.3 < lost < 1.1, lost  # what the recording lost, as docs/client.md says
     decoder = SessionDecoder()
@@ -298,6 +299,8 @@ def test_the_restarts_lost_audio_is_estimated_from_arrivals_within_50_ms() -> No
 
 
 def test_a_gap_just_before_a_restart_is_carried_across_it() -> None:
+    from isweep_backend.session import restart_fill_samples
+
     decoder = SessionDecoder()
     for blob in RESTART_BLOBS[: NEW_STREAM - 1]:
         decoder.decode(blob)
