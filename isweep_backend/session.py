@@ -148,6 +148,7 @@ class Session:
         self.passes = 0
         self._blob_meta: dict[int, BlobMeta] = {}
         self._last_fed_arrival: float | None = None  # of the last blob fed, for restarts
+        self._fed_from_start: bool | None = None  # was the first blob fed seq 0?
         self._timeline_started = False
         if first_seq > 0:
             # The first blob is not the capture's first: its header went elsewhere.
@@ -201,6 +202,8 @@ class Session:
                 continue
             assert isinstance(step, Blob)
             meta = self._blob_meta.pop(step.seq, None)
+            if self._fed_from_start is None:
+                self._fed_from_start = step.seq == 0
             started = time.perf_counter()
             try:
                 result = await loop.run_in_executor(
@@ -251,8 +254,8 @@ class Session:
         """Place the session's first audio: 0 for a capture's first blob, else near where the
         capture really is, so that times continue those an earlier session already sent."""
         self._timeline_started = True
-        if seq == 0:
-            return
+        if self._fed_from_start:
+            return  # the capture's own start, even if its first blobs held no audio
         origin = timeline_origin_seconds(
             seq,
             meta.chunk_start_seconds if meta is not None else None,

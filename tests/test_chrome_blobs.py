@@ -447,6 +447,24 @@ async def test_words_after_a_restart_that_dropped_the_stop_blob_keep_the_video_c
 
 
 @pytest.mark.slow
+async def test_a_first_blob_with_only_the_header_still_starts_the_clock_at_zero(
+    make_client: ClientFactory, engine: Engine, settings: Settings
+) -> None:
+    # seq 0 holds the header and no audio (a recorder may flush that early): the session saw
+    # its capture's start, so its clock starts at 0, not at seq 1's chunk_start_seconds.
+    header = BLOBS[0].index(CLUSTER_ID)
+    blobs = [BLOBS[0][:header], BLOBS[0][header:] + BLOBS[1], *BLOBS[2:STOP]]
+    sent_at = [float(e["sent_at_seconds"]) for e in MANIFEST["blobs"]][1:STOP]
+    client = await make_client()
+    streamed = words(await paced(client_post(client), blobs, [0.0, *sent_at], range(len(blobs))))
+    wav, _ = read_wav(FIXTURES / "pauses.wav")
+    delay = lag_of(np.concatenate(decode_in_order()), wav, 1.0) / SAMPLE_RATE
+    matched = offsets_from_truth(streamed, offline_words(engine, settings), delay)
+    assert len(matched) >= 8, (streamed, matched)
+    assert abs(float(np.median([d for _w, _t, d in matched]))) <= 0.15, matched
+
+
+@pytest.mark.slow
 async def test_a_session_evicted_mid_capture_resumes_on_the_next_blob_in_time_order(
     make_client: ClientFactory, engine: Engine, settings: Settings
 ) -> None:
