@@ -271,6 +271,8 @@ class SessionDecoder:
         # A gap noted just before the restart was never filled: the old stream's next frame,
         # which would have filled it, never comes. Carry it to the session.
         carried = self._gap_estimate_samples if self._after_gap else 0
+        if carried > MAX_GAP_FILL_SECONDS * SAMPLE_RATE:
+            carried = 0  # as in _gap_fill: more likely a clock jump than lost audio
         old_blob = round(self._stream_samples / self._stream_blobs) if self._stream_blobs else 0
         tail = self._close_stream()
         restarted = self.streams_started > 0

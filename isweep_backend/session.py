@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import structlog
 
-from .decode import SAMPLE_RATE, DecodeResult, RestartFacts, SessionDecoder, starts_stream
+from .decode import (
+    MAX_GAP_FILL_SECONDS,
+    SAMPLE_RATE,
+    DecodeResult,
+    RestartFacts,
+    SessionDecoder,
+    starts_stream,
+)
 from .engine import PassRequest, PassResult, Word
 from .errors import UndecodableAudio
 from .metrics import Metrics
@@ -61,8 +68,8 @@ def timeline_origin_seconds(
     recorder restart drops); where the stream's own clock says more, that is nearer the truth.
     """
     hint = seq * DEFAULT_BLOB_SECONDS if chunk_start_seconds is None else chunk_start_seconds
-    hint = min(max(hint, 0.0), seq * MAX_BLOB_SECONDS)
-    return max(hint, joined_stream_seconds or 0.0)
+    # Both are the client's claims: bound them by what `seq` blobs can hold.
+    return min(max(hint, joined_stream_seconds or 0.0, 0.0), seq * MAX_BLOB_SECONDS)
 
 
 def restart_fill_samples(
@@ -79,6 +86,8 @@ def restart_fill_samples(
     if arrival_gap_seconds is None:
         return low
     high = low + facts.old_blob_samples + round(RECORDER_STOP_SECONDS * SAMPLE_RATE)
+    # A blob is a client's claim: however long its old blobs were, no restart loses more.
+    high = min(high, round(MAX_GAP_FILL_SECONDS * SAMPLE_RATE))
     estimate = round(arrival_gap_seconds * SAMPLE_RATE) - new_stream_samples
     return min(max(estimate, low), high)
 
