@@ -183,7 +183,8 @@ class Session:
         if seq == 0 and self.seq0_digest is None:
             self.seq0_digest = hashlib.sha256(blob).digest()
         async with self._lock:
-            self._note_meta(seq, BlobMeta(arrived_at or loop.time(), chunk_start_seconds))
+            arrived = loop.time() if arrived_at is None else arrived_at
+            self._note_meta(seq, BlobMeta(arrived, chunk_start_seconds))
             arrival, steps = self.reorder.offer(seq, blob, loop.time())
             if arrival is not Arrival.IN_ORDER:
                 self._metrics.seq_events.labels(arrival.value).inc()

@@ -196,6 +196,21 @@ def test_a_decoder_allowed_to_join_mid_stream_resyncs_and_knows_where_it_is() ->
     assert abs(lag_of(placed, in_order, 6.0)) <= TEN_MS  # inside the second sentence
 
 
+def test_a_joined_sessions_clock_starts_at_the_clients_count_or_the_streams_if_later() -> None:
+    from isweep_backend.session import timeline_origin_seconds
+
+    assert timeline_origin_seconds(10, 10.0, None) == 10.0
+    assert timeline_origin_seconds(10, None, None) == 10.0  # seq x 1 s without the hint
+    # Chrome's 1 s blobs hold 1.02 s: after a while its stream clock is ahead of the count.
+    assert timeline_origin_seconds(300, 300.0, 306.1) == 306.1
+    # After a recorder restart the stream clock began again: the count is the floor.
+    assert timeline_origin_seconds(12, 14.0, 4.2) == 14.0
+    # Client claims are bounded by what seq blobs can hold.
+    assert timeline_origin_seconds(3, 1e12, None) == 30.0
+    assert timeline_origin_seconds(3, -5.0, None) == 0.0
+    assert timeline_origin_seconds(3, None, 1e9) == 30.0
+
+
 def test_a_mono_opus_stream_can_be_joined_mid_stream_too() -> None:
     # Chrome's packets are stereo; the decoder opened on a join takes its channel count from
     # the first packet's TOC byte (RFC 6716 3.1), so a mono stream decodes too.
