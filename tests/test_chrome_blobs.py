@@ -480,6 +480,22 @@ async def test_a_first_blob_with_only_the_header_still_starts_the_clock_at_zero(
 
 
 @pytest.mark.slow
+async def test_a_new_process_whose_first_blob_is_a_restart_header_goes_on_from_the_count(
+    make_client: ClientFactory,
+) -> None:
+    # The old process had seqs 0-9; the new one's first blob is seq 10, the first blob of the
+    # stream start(2000) began: it has a header, but the capture is 10 blobs old.
+    client = await make_client()
+    await client_post(client)(RESTART, BLOBS[RESTART], float(RESTART))
+    registry = client.app[RUNTIME].registry
+    assert registry is not None
+    session = registry.get(("chrome-user", 9))
+    assert session is not None
+    assert session.ring.start == RESTART * SAMPLE_RATE  # not 0: no word goes backwards
+    assert abs(len(session.ring) - 2 * ONE_SECOND) <= 2 * ONE_SECOND // 10
+
+
+@pytest.mark.slow
 async def test_a_session_evicted_mid_capture_resumes_on_the_next_blob_in_time_order(
     make_client: ClientFactory, engine: Engine, settings: Settings
 ) -> None:
