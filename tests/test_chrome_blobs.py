@@ -194,6 +194,11 @@ def test_a_decoder_allowed_to_join_mid_stream_resyncs_and_knows_where_it_is() ->
     assert abs(joined.size - (in_order.size - start)) <= TEN_MS
     placed = np.concatenate([np.zeros(start, dtype=np.float32), joined])
     assert abs(lag_of(placed, in_order, 6.0)) <= TEN_MS  # inside the second sentence
+    # A capture whose first blobs, header included, were waited for and given up on joins
+    # the same way; without either, continuation bytes are refused (the test above).
+    skipped = SessionDecoder()
+    skipped.note_gap(join)
+    assert skipped.decode(FIRST_STREAM[join]).pcm.size == parts[0].pcm.size
 
 
 def test_a_joined_sessions_clock_starts_at_the_clients_count_or_the_streams_if_later() -> None:
