@@ -33,7 +33,8 @@ def json_error(status: int, code: str, message: str, **headers: str) -> web.Resp
 
 async def asr_stream(request: web.Request) -> web.Response:
     # The whole answer, body upload and decoding included, fits the wait budget.
-    answer_by = asyncio.get_running_loop().time() + request.app[SETTINGS].response_wait_seconds
+    arrived_at = asyncio.get_running_loop().time()
+    answer_by = arrived_at + request.app[SETTINGS].response_wait_seconds
     runtime = request.app[RUNTIME]
     # While the model loads, chunks are accepted and buffered (their words come later);
     # only a model that failed to load refuses them.
@@ -45,7 +46,7 @@ async def asr_stream(request: web.Request) -> web.Response:
         session=session_hash((chunk.user_id, chunk.tab_id)), seq=chunk.seq
     )
     outcome = await runtime.registry.accept(
-        chunk, answer_by, caller_of(request, request.app[SETTINGS])
+        chunk, answer_by, caller_of(request, request.app[SETTINGS]), arrived_at
     )
     segments = segments_from_words(outcome.words)
     log.info(

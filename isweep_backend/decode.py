@@ -15,7 +15,15 @@ import numpy as np
 from .errors import UndecodableAudio
 from .ogg import OGG_MAGIC, OggOpusDemuxer, OggPacket, OggResynced, OggStreamStarted
 from .ringbuffer import Pcm
-from .webm import EBML_MAGIC, AudioTrack, Frame, Resynced, StreamStarted, WebmDemuxer
+from .webm import (
+    EBML_MAGIC,
+    AudioTrack,
+    Frame,
+    Resynced,
+    StreamStarted,
+    WebmDemuxer,
+    chrome_opus_track,
+)
 
 SAMPLE_RATE = 16_000
 OPUS_RATE = 48_000
@@ -49,6 +57,20 @@ class DecodeResult:
     restarted: bool = False  # a new container stream began inside a running session
     resynced_bytes: int = 0  # bytes thrown away to find the next parsable point
     gap_fill_samples: int = 0  # silence inserted for audio lost to a skipped seq
+    restart: RestartFacts | None = None  # set when `restarted`
+
+
+@dataclass(frozen=True)
+class RestartFacts:
+    """What the decoder knows at a recorder restart; the session turns it into silence.
+
+    The old stream's last blob (the one `stop()` flushed) never comes from the real client, so
+    the decoder cannot see how much audio was lost: the session estimates it from arrivals.
+    """
+
+    at_sample: int  # index in the result's PCM where the new stream's audio begins
+    carried_gap_samples: int  # estimated audio of seqs skipped just before the restart
+    old_blob_samples: int  # audio per blob of the old stream, 0 if it had none
 
 
 def frame_to_mono(frame: Any) -> Pcm:
@@ -179,6 +201,15 @@ class SessionDecoder:
         self._stream_samples = 0
         self._magic_prefix = b""  # a first blob too short to tell its container yet
         self.streams_started = 0
+        self._may_join_mid_stream = False
+        self._joined_48k_samples: int | None = None  # decoded since joining, until a timestamp
+        self.joined_stream_seconds: float | None = None  # stream time where joining began
+
+    def allow_joining_mid_stream(self) -> None:
+        """Continuation bytes with no header seen may start this decoder: the header went to
+        an earlier process, or to a session since evicted. They are taken as Chrome's one
+        Opus track (WebM only: the Ogg path needs its header)."""
+        self._may_join_mid_stream = True
 
     @property
     def has_stream(self) -> bool:
@@ -194,6 +225,9 @@ class SessionDecoder:
             self._webm.mark_discontinuity()
         if self._ogg is not None:
             self._ogg.mark_discontinuity()
+        if not self.has_stream:
+            # The first blobs, header included, are gone for good: join at the next one.
+            self._may_join_mid_stream = True
         self._after_gap = self.has_stream
         per_blob = self._stream_samples / self._stream_blobs if self._stream_blobs else 0.0
         self._gap_estimate_samples += round(missing_blobs * per_blob)
@@ -223,6 +257,10 @@ class SessionDecoder:
             return self._feed_ogg(blob)
         if looks_like_whole_file(blob):
             return DecodeResult(pcm=decode_whole_file(blob))
+        if self._may_join_mid_stream:
+            self._webm = WebmDemuxer.joining_mid_stream(chrome_opus_track())
+            self._joined_48k_samples = 0
+            return self._feed_webm(blob)
         raise UndecodableAudio(
             "no_stream_header",
             "continuation bytes arrived but this session has no stream header yet "
@@ -230,6 +268,12 @@ class SessionDecoder:
         )
 
     def _decode_stream_start(self, blob: bytes, ogg: bool) -> DecodeResult:
+        # A gap noted just before the restart was never filled: the old stream's next frame,
+        # which would have filled it, never comes. Carry it to the session.
+        carried = self._gap_estimate_samples if self._after_gap else 0
+        if carried > MAX_GAP_FILL_SECONDS * SAMPLE_RATE:
+            carried = 0  # as in _gap_fill: more likely a clock jump than lost audio
+        old_blob = round(self._stream_samples / self._stream_blobs) if self._stream_blobs else 0
         tail = self._close_stream()
         restarted = self.streams_started > 0
         self._after_gap = False
@@ -241,6 +285,8 @@ class SessionDecoder:
             result = self._feed_webm(blob)
         result.pcm = np.concatenate([tail, result.pcm]) if tail.size else result.pcm
         result.restarted = restarted
+        if restarted:
+            result.restart = RestartFacts(tail.size, carried, old_blob)
         return result
 
     def _close_stream(self) -> Pcm:
@@ -249,6 +295,7 @@ class SessionDecoder:
         self._ogg = None
         self._opus = None
         self._expected_next_ns = None
+        self._joined_48k_samples = None
         self._stream_blobs = 0
         self._stream_samples = 0
         self._gap_estimate_samples = 0
@@ -263,8 +310,11 @@ class SessionDecoder:
                 self._start_opus_track(event.track)
             elif isinstance(event, Resynced):
                 result.resynced_bytes += event.dropped_bytes
-            elif isinstance(event, Frame) and self._opus is not None:
-                parts.extend(self._decode_timed_frame(event.data, event.timestamp_ns, result))
+            elif isinstance(event, Frame):
+                if self._opus is None and self._joined_48k_samples is not None:
+                    self._start_opus_from_packet(event.data)
+                if self._opus is not None:
+                    parts.extend(self._decode_timed_frame(event.data, event.timestamp_ns, result))
         result.pcm = np.concatenate(parts) if parts else EMPTY
         return result
 
@@ -275,6 +325,12 @@ class SessionDecoder:
             )
         self.streams_started += 1
         self._opus = OpusFrameDecoder(track.codec_private, track.channels or 2)
+
+    def _start_opus_from_packet(self, packet: bytes) -> None:
+        # RFC 6716 section 3.1: bit 2 of the TOC byte is the 's' bit, 1 for stereo.
+        stereo = bool(packet) and bool(packet[0] & 0x04)
+        self.streams_started += 1
+        self._opus = OpusFrameDecoder(b"", 2 if stereo else 1)
 
     def _gap_fill(self, timestamp_ns: int | None, result: DecodeResult) -> list[Pcm]:
         """Silence standing in for the audio lost before this frame, if a gap was noted."""
@@ -298,11 +354,21 @@ class SessionDecoder:
         before = self._opus.decoded_48k_samples
         parts.append(self._opus.decode(data))
         produced = self._opus.decoded_48k_samples - before
+        if self._joined_48k_samples is not None:
+            self._note_joined_stream_time(timestamp_ns, before)
         if timestamp_ns is not None:
             self._expected_next_ns = timestamp_ns + round(produced * 1e9 / OPUS_RATE)
         elif self._expected_next_ns is not None:
             self._expected_next_ns += round(produced * 1e9 / OPUS_RATE)
         return parts
+
+    def _note_joined_stream_time(self, timestamp_ns: int | None, decoded_before: int) -> None:
+        """The stream time of the first sample decoded after joining, once a frame's time is
+        known (the first Cluster after the join): where in its stream this session began."""
+        if timestamp_ns is None:
+            return
+        self._joined_48k_samples = None
+        self.joined_stream_seconds = max(0.0, timestamp_ns / 1e9 - decoded_before / OPUS_RATE)
 
     def _feed_ogg(self, blob: bytes) -> DecodeResult:
         assert self._ogg is not None

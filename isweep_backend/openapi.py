@@ -191,7 +191,7 @@ def build_openapi() -> dict[str, Any]:
                     "operationId": "readyz",
                     "responses": {
                         "200": _json("ready", health),
-                        "503": _json("loading, failed, or degraded (a pass worker is down)", health),
+                        "503": _json("loading, failed, or degraded (a worker is down)", health),
                         **_REFUSALS,
                     },
                 }

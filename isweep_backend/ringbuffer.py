@@ -52,6 +52,13 @@ class PcmRingBuffer:
         self.overwritten_samples += lost
         return lost
 
+    def start_at(self, absolute_sample: int) -> None:
+        """Begin an empty buffer's clock at `absolute_sample` (a session that joins a capture
+        mid-stream); the clock never moves back."""
+        if self._end != self._start:
+            raise ValueError("only an empty buffer's clock can be set")
+        self._start = self._end = max(self._end, absolute_sample)
+
     def append_silence(self, samples: int) -> int:
         return self.append(np.zeros(samples, dtype=np.float32)) if samples > 0 else 0
 

@@ -16,9 +16,17 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
+import numpy as np
 import structlog
 
-from .decode import SAMPLE_RATE, SessionDecoder, starts_stream
+from .decode import (
+    MAX_GAP_FILL_SECONDS,
+    SAMPLE_RATE,
+    DecodeResult,
+    RestartFacts,
+    SessionDecoder,
+    starts_stream,
+)
 from .engine import PassRequest, PassResult, Word
 from .errors import UndecodableAudio
 from .metrics import Metrics
@@ -30,6 +38,58 @@ from .settings import Settings
 
 log = structlog.get_logger("isweep_backend.session")
 SessionKey = tuple[str, int]
+
+# A session that starts at seq > 0 without `chunk_start_seconds` places its first blob at seq
+# times this: the extension's timeslice before any restart.
+DEFAULT_BLOB_SECONDS = 1.0
+# `chunk_start_seconds` is the client's own count and only a hint: no timeslice is this long.
+MAX_BLOB_SECONDS = 10.0
+# From stop() to the new stream's first sample the recorder records nothing: 10 to 55 ms
+# measured (tests/fixtures/chrome/README.md); the bound on a restart's lost span allows this.
+RECORDER_STOP_SECONDS = 0.1
+
+
+@dataclass(frozen=True)
+class BlobMeta:
+    """What the request said about one blob, kept until the blob is fed."""
+
+    arrived_at: float  # loop time the request arrived
+    chunk_start_seconds: float | None
+
+
+def timeline_origin_seconds(
+    seq: int, chunk_start_seconds: float | None, joined_stream_seconds: float | None
+) -> float:
+    """Where on the session timeline a session whose first audio is blob `seq` > 0 begins.
+
+    A restarted process, or a session evicted while the recorder went on, must not start its
+    times at 0: the extension drops words that go backwards. The client's count is a floor
+    (it counts whole timeslices, not the 1.02 s Chrome really puts in a blob, nor the blob a
+    recorder restart drops); where the stream's own clock says more, that is nearer the truth.
+    """
+    hint = seq * DEFAULT_BLOB_SECONDS if chunk_start_seconds is None else chunk_start_seconds
+    # Both are the client's claims: bound them by what `seq` blobs can hold.
+    return min(max(hint, joined_stream_seconds or 0.0, 0.0), seq * MAX_BLOB_SECONDS)
+
+
+def restart_fill_samples(
+    facts: RestartFacts, arrival_gap_seconds: float | None, new_stream_samples: int
+) -> int:
+    """Silence standing for the audio a recorder restart lost, in samples.
+
+    The extension drops the blob `stop()` flushes and `seq` shows no hole, so the loss shows
+    only in time: the wall clock between the last blob before and the first after, less the
+    audio the first one holds. Clamped to what can have been lost: the seqs skipped before
+    the restart (carried), plus at most one old blob and the recorder's stop time.
+    """
+    low = facts.carried_gap_samples
+    if arrival_gap_seconds is None:
+        return low
+    high = low + facts.old_blob_samples + round(RECORDER_STOP_SECONDS * SAMPLE_RATE)
+    # A blob is a client's claim: however long its old blobs were, no restart loses more.
+    high = min(high, round(MAX_GAP_FILL_SECONDS * SAMPLE_RATE))
+    estimate = round(arrival_gap_seconds * SAMPLE_RATE) - new_stream_samples
+    return min(max(estimate, low), high)
 
 
 @dataclass
@@ -95,16 +155,36 @@ class Session:
         self.pass_enqueued_at = 0.0
         self.processed_end = 0  # session sample one past the audio the last pass saw
         self.passes = 0
+        self._blob_meta: dict[int, BlobMeta] = {}
+        self._last_fed_arrival: float | None = None  # of the last blob fed, for restarts
+        self._fed_from_start: bool | None = None  # was the first blob fed seq 0?
+        self._timeline_started = False
+        if first_seq > 0:
+            # The first blob is not the capture's first: its header went elsewhere.
+            self.decoder.allow_joining_mid_stream()
 
     # --- blobs in ----------------------------------------------------------------------------
 
-    async def accept(self, seq: int, blob: bytes, answer_by: float) -> Outcome:
-        """Feed one blob; wait for the pass covering it until `answer_by` (loop time)."""
+    async def accept(
+        self,
+        seq: int,
+        blob: bytes,
+        answer_by: float,
+        chunk_start_seconds: float | None = None,
+        arrived_at: float | None = None,
+    ) -> Outcome:
+        """Feed one blob; wait for the pass covering it until `answer_by` (loop time).
+
+        `arrived_at` (loop time, default now) and `chunk_start_seconds` place audio in time
+        where the stream cannot: at a recorder restart, and when a session starts mid-stream.
+        """
         self.last_seen = time.monotonic()
         loop = asyncio.get_running_loop()
         if seq == 0 and self.seq0_digest is None:
             self.seq0_digest = hashlib.sha256(blob).digest()
         async with self._lock:
+            arrived = loop.time() if arrived_at is None else arrived_at
+            self._note_meta(seq, BlobMeta(arrived, chunk_start_seconds))
             arrival, steps = self.reorder.offer(seq, blob, loop.time())
             if arrival is not Arrival.IN_ORDER:
                 self._metrics.seq_events.labels(arrival.value).inc()
@@ -131,6 +211,9 @@ class Session:
                 self.decoder.note_gap(step.count)
                 continue
             assert isinstance(step, Blob)
+            meta = self._blob_meta.pop(step.seq, None)
+            if self._fed_from_start is None:
+                self._fed_from_start = step.seq == 0
             started = time.perf_counter()
             try:
                 result = await loop.run_in_executor(
@@ -148,9 +231,13 @@ class Session:
             self._metrics.decode_duration.observe(time.perf_counter() - started)
             if result.restarted:
                 self._metrics.seq_events.labels("restart").inc()
-                log.info("recorder_restarted", session=self.log_key, seq=step.seq)
+                self._fill_restart_gap(step.seq, result, meta)
+            if meta is not None:
+                self._last_fed_arrival = meta.arrived_at
             if result.resynced_bytes:
                 self._metrics.resynced_bytes.inc(result.resynced_bytes)
+            if result.pcm.size and not self._timeline_started:
+                self._start_timeline(step.seq, meta)
             if result.pcm.size:
                 lost = self.ring.append(result.pcm)
                 if lost:
@@ -162,6 +249,59 @@ class Session:
                     self._arrivals.pop(0)
                 if outcome is not None:
                     outcome.new_audio_samples += result.pcm.size
+
+    def _note_meta(self, seq: int, meta: BlobMeta) -> None:
+        if seq < self.reorder.next_seq or seq in self._blob_meta:
+            return  # fed already, or a resend of a held blob: the first arrival counts
+        if len(self._blob_meta) > 2 * self._settings.max_held_blobs + 8:
+            # Blobs the reorder buffer dropped never come out: forget what they said.
+            waiting = sorted(s for s in self._blob_meta if s >= self.reorder.next_seq)
+            keep = waiting[: self._settings.max_held_blobs + 1]
+            self._blob_meta = {s: self._blob_meta[s] for s in keep}
+        self._blob_meta[seq] = meta
+
+    def _start_timeline(self, seq: int, meta: BlobMeta | None) -> None:
+        """Place the session's first audio: 0 for a capture's first blob, else near where the
+        capture really is, so that times continue those an earlier session already sent."""
+        self._timeline_started = True
+        if self._fed_from_start:
+            return  # the capture's own start, even if its first blobs held no audio
+        origin = timeline_origin_seconds(
+            seq,
+            meta.chunk_start_seconds if meta is not None else None,
+            self.decoder.joined_stream_seconds,
+        )
+        self.ring.start_at(round(origin * SAMPLE_RATE))
+        self.processed_end = self.ring.end
+        log.info(
+            "session_joined_mid_stream",
+            session=self.log_key,
+            seq=seq,
+            origin_seconds=round(origin, 3),
+        )
+
+    def _fill_restart_gap(self, seq: int, result: DecodeResult, meta: BlobMeta | None) -> None:
+        """Insert silence where a recorder restart lost audio, before the new stream's."""
+        facts = result.restart
+        if facts is None:
+            return
+        arrival_gap = None
+        if meta is not None and self._last_fed_arrival is not None:
+            arrival_gap = meta.arrived_at - self._last_fed_arrival
+        fill = restart_fill_samples(facts, arrival_gap, result.pcm.size - facts.at_sample)
+        if fill > 0:
+            silence = np.zeros(fill, dtype=np.float32)
+            result.pcm = np.concatenate(
+                [result.pcm[: facts.at_sample], silence, result.pcm[facts.at_sample :]]
+            )
+            result.gap_fill_samples += fill
+        log.info(
+            "recorder_restarted",
+            session=self.log_key,
+            seq=seq,
+            filled_seconds=round(fill / SAMPLE_RATE, 3),
+            carried_gap_seconds=round(facts.carried_gap_samples / SAMPLE_RATE, 3),
+        )
 
     def _note_decode_error(
         self, blob: Blob, kind: str, reason: str, outcome: Outcome | None, request_seq: int

@@ -21,6 +21,9 @@ from .session import Outcome, Session, SessionKey, is_new_capture
 from .settings import Settings
 
 log = structlog.get_logger("isweep_backend.sessions")
+# Blobs are sent a second apart, so a late seq 0 is overtaken by one or two blobs at most: a new
+# session's first blob past this seq, with no header, joins a capture already under way.
+MAX_SEQ_BEFORE_A_LATE_SEQ0 = 2
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:
@@ -76,7 +79,9 @@ class SessionRegistry:
     def get(self, key: SessionKey) -> Session | None:
         return self._sessions.get(key)
 
-    async def accept(self, chunk: Chunk, answer_by: float, caller: Caller) -> Outcome:
+    async def accept(
+        self, chunk: Chunk, answer_by: float, caller: Caller, arrived_at: float | None = None
+    ) -> Outcome:
         key = (chunk.user_id, chunk.tab_id)
         session = self._sessions.get(key)
         new_capture = session is not None and is_new_capture(session, chunk.seq, chunk.audio)
@@ -100,7 +105,9 @@ class SessionRegistry:
                 "this session sends faster than "
                 f"{self._settings.max_requests_per_second:g} requests a second",
             )
-        return await session.accept(chunk.seq, chunk.audio, answer_by)
+        return await session.accept(
+            chunk.seq, chunk.audio, answer_by, chunk.chunk_start_seconds, arrived_at
+        )
 
     def _limit_session_starts(self, caller: Caller) -> None:
         limit, wait = self._session_starts.wait_seconds(caller, time.monotonic())
@@ -161,9 +168,11 @@ class SessionRegistry:
     def _create(self, key: SessionKey, chunk: Chunk, replacing: bool = False) -> Session:
         if not replacing:
             self._admit(key[0])
-        # A blob that opens a stream starts the session's seq count there; any other first
-        # blob waits (bounded) for the seqs before it, seq 0 with its header first.
-        first_seq = chunk.seq if starts_stream(chunk.audio) else 0
+        # A blob that opens a stream starts the session's seq count there, and so does one
+        # well past seq 0 (the process restarted, or the session was evicted, mid-capture);
+        # any other first blob waits (bounded) for the seqs before it, seq 0 with its header.
+        joins = chunk.seq > MAX_SEQ_BEFORE_A_LATE_SEQ0
+        first_seq = chunk.seq if starts_stream(chunk.audio) or joins else 0
         session = Session(
             key,
             self._settings,

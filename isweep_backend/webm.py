@@ -55,6 +55,12 @@ class AudioTrack:
     codec_delay_ns: int = 0
 
 
+def chrome_opus_track() -> AudioTrack:
+    """The one track Chrome's MediaRecorder writes for `audio/webm;codecs=opus`: track 1, Opus
+    at 48 kHz. The channel count is left unknown: each Opus packet's TOC byte says it."""
+    return AudioTrack(number=1, track_type=TRACK_AUDIO, codec_id="A_OPUS", sample_rate=48_000.0)
+
+
 @dataclass(frozen=True)
 class Frame:
     """One codec frame of the selected audio track."""
@@ -148,6 +154,18 @@ class WebmDemuxer:
         self._in_track_entry = False
         self._resyncing = False
         self.header_seen = False
+
+    @classmethod
+    def joining_mid_stream(cls, track: AudioTrack) -> WebmDemuxer:
+        """A demuxer for bytes from the middle of a stream whose header went elsewhere (an
+        earlier process, an evicted session): it assumes `track` and resyncs on the next
+        Cluster or SimpleBlock of it. Block times are unknown until a Cluster Timecode."""
+        demuxer = cls()
+        demuxer.header_seen = True
+        demuxer._state.tracks.append(track)
+        demuxer._state.selected = track
+        demuxer._resyncing = True
+        return demuxer
 
     @property
     def track(self) -> AudioTrack | None:

@@ -150,6 +150,7 @@ async def capture(
     tmp_path: Path,
     wav: str,
     restart_after_seconds: float | None = None,
+    drop_stop_blob: bool = False,
 ) -> Capture:
     server = await start_service(aiohttp_server, engine, settings)
     audio_seconds = read_wav(FIXTURES / wav)[0].size / SAMPLE_RATE
@@ -160,6 +161,7 @@ async def capture(
         "restartAfterSeconds": restart_after_seconds,
         "trailingSilenceSeconds": TRAILING_SILENCE_SECONDS,
         "keepBlobs": True,
+        "dropStopBlob": drop_stop_blob,
     }
     async with chromium.launch(tmp_path / "profile") as page:
         await page.goto(str(server.make_url("/browser/capture.html")), "window.isweepReady")
@@ -263,3 +265,25 @@ async def test_adaptive_restart_keeps_the_session_clock(
         print(f"sentence {sentence['start_s']:.3f} s at {at:.3f} s: {first_word_at(words, at)}")
         assert abs(at - sentence["start_s"]) <= 0.5  # Chromium lost no real time at the restart
         assert abs(first_word_at(words, at)["start_seconds"] - at) <= 0.5, (sentence, at, words)
+
+
+async def test_a_restart_that_drops_the_stop_blob_keeps_words_on_the_video_clock(
+    aiohttp_server: ServerFactory, engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    # Exactly the extension's restart: the blob stop() flushes is dropped, seq goes on, and
+    # up to a second of audio never arrives. Later words must still be where the video is.
+    from tests.test_chrome_blobs import lag_of, offline_words, offsets_from_truth
+
+    wav, _ = read_wav(FIXTURES / "pauses.wav")
+    restart_after = 4.6  # in the first pause, ~0.5 s into a blob interval
+    got = await capture(
+        aiohttp_server, engine, settings, tmp_path, "pauses.wav", restart_after, True
+    )
+    assert len(got.restarts) == 1 and got.report["droppedBytes"] > 0, got.report
+    stream0 = decode_streams(got.blobs[: got.restarts[0]])
+    delay = lag_of(stream0, wav, 1.0) / SAMPLE_RATE  # the recording against the WAV
+    matched = offsets_from_truth(words_of(got.segments), offline_words(engine, settings), delay)
+    print([(w, round(t, 2), round(d, 3)) for w, t, d in matched])
+    after = [d for _w, t, d in matched if t > got.report["restartAt"]]
+    assert len(after) >= 10, matched
+    assert abs(float(np.median(after))) <= 0.15, after

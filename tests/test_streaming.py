@@ -228,20 +228,7 @@ def _sentences(speech: Speech) -> list[tuple[str, float, float]]:
     return [(s["text"], s["start_s"], s["end_s"]) for s in meta["sentences"]]
 
 
-async def test_recorder_restart_mid_session_keeps_the_clock_and_the_words(
-    make_client: ClientFactory,
-    engine: Engine,
-    settings: Settings,
-    long_speech: Speech,
-) -> None:
-    pcm = padded(long_speech)
-    split = round(13.5 * SAMPLE_RATE)  # inside the pause after the third sentence
-    first = cut_blobs(encode_opus_stream(pcm[:split], SAMPLE_RATE), 1.0, seed=1)
-    # After stop() + start(2000): a new WebM stream with its own header, 2 s blobs, seq goes on.
-    second = cut_blobs(encode_opus_stream(pcm[split:], SAMPLE_RATE), 2.0, seed=2)
-    client = await make_client()
-    segments = await replay(client, list(enumerate(first + second)))
-    assert_as_good_as_offline(segments, long_speech.text, engine, settings, pcm)
-    _last_text, last_start, _ = _sentences(long_speech)[-1]
-    first_of_last = next(w for w in words_of(segments) if w["start_seconds"] >= last_start - 0.5)
-    assert abs(first_of_last["start_seconds"] - last_start) <= 0.3
+# The recorder restart is tested on real Chrome blobs of a restart made as the extension makes
+# it (the stop() blob dropped), with its gap accounting: tests/test_chrome_blobs.py,
+# test_words_after_a_restart_that_dropped_the_stop_blob_keep_the_video_clock. Splitting one
+# signal into two encoded streams lost no time, so it kept the clock by construction.

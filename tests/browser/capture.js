@@ -34,6 +34,9 @@ async function isweepCapture(options) {
     trailingSilenceSeconds = 2.0,
     keepBlobs = false,
     endpoint = '/asr/stream',
+    // The extension's ondataavailable returns early while isRestarting is set, so the blob
+    // that the restart's stop() flushes is never sent, and seq shows no hole for it.
+    dropStopBlob = false,
   } = options;
   const report = {
     userAgent: navigator.userAgent,
@@ -67,6 +70,7 @@ async function isweepCapture(options) {
   report.recorderMimeType = recorder.mimeType;
   let seq = 0;
   let interval = 1.0;
+  let isRestarting = false;
   const requests = [];
   const t0 = performance.now();
   const now = () => (performance.now() - t0) / 1000;
@@ -105,6 +109,11 @@ async function isweepCapture(options) {
   }
 
   recorder.ondataavailable = (event) => {
+    if (isRestarting) {
+      report.droppedAt = now();
+      report.droppedBytes = event.data.size;
+      return;
+    }
     const mySeq = seq++;
     // Not awaited: requests overlap and may finish out of order, as in the extension.
     requests.push(send(mySeq, event.data, mySeq * interval));
@@ -125,6 +134,11 @@ async function isweepCapture(options) {
     // The extension's adaptive restart: stop() then start(2000) on the same stream, at once.
     report.restartAt = now();
     report.restartContextTime = ctx.currentTime;
+    if (dropStopBlob) {
+      isRestarting = true;
+      // The old recording's stop event comes after its last dataavailable.
+      recorder.addEventListener('stop', () => { isRestarting = false; }, {once: true});
+    }
     recorder.stop();
     interval = 2.0;
     recorder.start(2000);
