@@ -7,7 +7,8 @@ minutes or gigabytes shows as "timeout" or "out of memory" instead of taking the
     python bench/hostile_blobs.py --code OLD_DIR  # the package of another commit
 
 Prints one `case size: seconds result` line per case; result is the decoded audio in
-seconds or the `UndecodableAudio` kind.
+seconds or the `UndecodableAudio` kind. `--no-step-budget` lifts the parse-step budget, to
+show how the parsing itself scales (linear since the resync fix, quadratic before).
 """
 
 from __future__ import annotations
@@ -36,8 +37,12 @@ def build(case: str, size: int) -> bytes:
     return data
 
 
-def run_one(case: str, size: int) -> None:
+def run_one(case: str, size: int, lift_step_budget: bool = False) -> None:
     """In the child: build the blob, decode it once as a session's first blob, print."""
+    if lift_step_budget:
+        from isweep_backend import budget
+
+        budget.MAX_PARSE_STEPS_PER_BLOB = 1 << 40
     from isweep_backend.decode import SAMPLE_RATE, SessionDecoder
     from isweep_backend.errors import UndecodableAudio
 
@@ -59,6 +64,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per case")
     parser.add_argument("--memory-gib", type=float, default=3.0, help="address-space limit")
     parser.add_argument("--cases", nargs="*", default=list(CASES))
+    parser.add_argument("--no-step-budget", action="store_true", help="lift the step budget")
     args = parser.parse_args()
     limit = int(args.memory_gib * (1 << 30))
     # The package under test first, then this checkout for tests.hostile_audio.
@@ -69,7 +75,8 @@ def main() -> int:
 
     for case in args.cases:
         for size in SIZES:
-            code = f"from bench.hostile_blobs import run_one; run_one({case!r}, {size})"
+            call = f"run_one({case!r}, {size}, {args.no_step_budget})"
+            code = f"from bench.hostile_blobs import run_one; {call}"
             label = f"{case} {size // 1000 if size < 1 << 20 else size >> 20}"
             label += " KB" if size < 1 << 20 else " MiB"
             try:

@@ -26,15 +26,17 @@ _OPUS_MAX_PACKET_SAMPLES = 5_760
 class ParseBudget:
     """Counts one blob's parse steps; raises `UndecodableAudio("over_budget")` past the cap."""
 
-    def __init__(self, steps: int = MAX_PARSE_STEPS_PER_BLOB) -> None:
-        self.left = steps
+    def __init__(self) -> None:
+        # Read when a blob starts, not when this module loads, so a benchmark can lift it.
+        self.cap = MAX_PARSE_STEPS_PER_BLOB
+        self.left = self.cap
 
     def spend(self, steps: int = 1) -> None:
         self.left -= steps
         if self.left < 0:
             raise UndecodableAudio(
                 "over_budget",
-                f"the blob needs more than {MAX_PARSE_STEPS_PER_BLOB} parse steps "
+                f"the blob needs more than {self.cap} parse steps "
                 "(no recorder's blob needs so many); the blob is dropped",
             )
 
