@@ -9,11 +9,17 @@ minutes or gigabytes shows as "timeout" or "out of memory" instead of taking the
 Prints one `case size: seconds result` line per case; result is the decoded audio in
 seconds or the `UndecodableAudio` kind. `--no-step-budget` lifts the parse-step budget, to
 show how the parsing itself scales (linear since the resync fix, quadratic before).
+
+`--queue` instead measures what a hostile session costs the others on a shared decode
+executor: K sessions keep a 3 MiB resync storm queued while a healthy session decodes the
+real Chrome blobs one at a time; it prints the healthy blobs' latency (queueing included)
+for 1 and 4 decode threads.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import subprocess
@@ -56,6 +62,37 @@ def run_one(case: str, size: int, lift_step_budget: bool = False) -> None:
     print(f"{time.perf_counter() - started:.3f} {result} [{len(blob)} bytes]")
 
 
+def queue_latency(threads: int, hostile_sessions: int) -> tuple[float, float]:
+    """(median, max) seconds from submitting a healthy blob to its PCM, while each hostile
+    session has a crafted blob queued ahead of it."""
+    import statistics
+    from concurrent.futures import ThreadPoolExecutor
+
+    from isweep_backend.decode import SessionDecoder
+    from isweep_backend.errors import UndecodableAudio
+    from tests.audio_tools import FIXTURES
+    from tests.hostile_audio import webm_resync_storm
+
+    chrome = [(FIXTURES / "chrome" / f"seq{i:02d}.webm-part").read_bytes() for i in range(9)]
+    storm = webm_resync_storm((3 << 20) - 4096)
+
+    def hostile() -> None:
+        # A fresh session each time: one session is cut off after a few such blobs.
+        with contextlib.suppress(UndecodableAudio):
+            SessionDecoder().decode(storm)
+
+    latencies = []
+    healthy = SessionDecoder()
+    with ThreadPoolExecutor(threads) as executor:
+        for blob in chrome:
+            for _ in range(hostile_sessions):
+                executor.submit(hostile)
+            started = time.perf_counter()
+            executor.submit(healthy.decode, blob).result()
+            latencies.append(time.perf_counter() - started)
+    return statistics.median(latencies), max(latencies)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -65,7 +102,19 @@ def main() -> int:
     parser.add_argument("--memory-gib", type=float, default=3.0, help="address-space limit")
     parser.add_argument("--cases", nargs="*", default=list(CASES))
     parser.add_argument("--no-step-budget", action="store_true", help="lift the step budget")
+    parser.add_argument("--queue", action="store_true", help="measure the decode queue")
     args = parser.parse_args()
+    if args.queue:
+        sys.path.insert(0, str(REPO))
+        for sessions in (1, 4, 8):
+            for threads in (1, 4):
+                median, worst = queue_latency(threads, sessions)
+                print(
+                    f"hostile sessions {sessions}, decode threads {threads}: healthy blob "
+                    f"latency median {median * 1000:.0f} ms, max {worst * 1000:.0f} ms",
+                    flush=True,
+                )
+        return 0
     limit = int(args.memory_gib * (1 << 30))
     # The package under test first, then this checkout for tests.hostile_audio.
     env = os.environ | {"PYTHONPATH": f"{args.code.resolve()}{os.pathsep}{REPO}"}

@@ -21,6 +21,13 @@ from .settings import Settings, parallelism
 
 log = structlog.get_logger("isweep_backend.app")
 SHUTDOWN_PASS_GRACE_SECONDS = 10.0
+# One decode thread for all sessions. Each blob's work is bounded (isweep_backend/budget.py),
+# so a hostile blob holds it for tens of milliseconds at most, and a session that keeps
+# sending such blobs is no longer decoded. More threads gain nothing reliable: demuxing is
+# Python and holds the GIL, so a healthy blob decoded beside a hostile one waits for the GIL
+# at each of its calls into FFmpeg instead of waiting in the queue (bench/hostile_blobs.py
+# --queue measures both).
+DECODE_THREADS = 1
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> web.Application:
@@ -53,7 +60,7 @@ async def _executors(app: web.Application) -> AsyncIterator[None]:
     app[PASS_EXECUTOR] = ThreadPoolExecutor(
         parallelism(settings)[0], thread_name_prefix="isweep-pass"
     )
-    app[DECODE_EXECUTOR] = ThreadPoolExecutor(1, thread_name_prefix="isweep-decode")
+    app[DECODE_EXECUTOR] = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="isweep-decode")
     yield
     app[PASS_EXECUTOR].shutdown(wait=True, cancel_futures=True)
     app[DECODE_EXECUTOR].shutdown(wait=True, cancel_futures=True)

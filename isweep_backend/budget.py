@@ -18,6 +18,9 @@ MAX_BLOB_AUDIO_SECONDS = 30.0
 # real 1 s Chrome blob takes about 40, a whole 30 s WebM file with 20 ms frames about 3,100;
 # 5,000 steps cost some tens of milliseconds of one core.
 MAX_PARSE_STEPS_PER_BLOB = 5_000
+# Blobs over budget after which a session's later blobs are refused undecoded: a recorder
+# never sends one, so a session that keeps doing so costs the decode thread no more.
+MAX_OVER_BUDGET_BLOBS_PER_SESSION = 3
 OPUS_RATE = 48_000
 # RFC 6716 3.2.5: a packet holds at most 120 ms; libopus refuses longer ones undecoded.
 _OPUS_MAX_PACKET_SAMPLES = 5_760

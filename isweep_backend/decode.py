@@ -12,7 +12,11 @@ from typing import Any
 import av
 import numpy as np
 
-from .budget import MAX_BLOB_AUDIO_SECONDS, check_opus_audio_budget
+from .budget import (
+    MAX_BLOB_AUDIO_SECONDS,
+    MAX_OVER_BUDGET_BLOBS_PER_SESSION,
+    check_opus_audio_budget,
+)
 from .errors import UndecodableAudio, clip
 from .ogg import (
     OGG_MAGIC,
@@ -217,6 +221,7 @@ class SessionDecoder:
         self._stream_blobs = 0
         self._stream_samples = 0
         self._magic_prefix = b""  # a first blob too short to tell its container yet
+        self._over_budget_blobs = 0
         self.streams_started = 0
 
     @property
@@ -238,7 +243,18 @@ class SessionDecoder:
         self._gap_estimate_samples += round(missing_blobs * per_blob)
 
     def decode(self, blob: bytes) -> DecodeResult:
-        result = self._decode(blob)
+        if self._over_budget_blobs >= MAX_OVER_BUDGET_BLOBS_PER_SESSION:
+            raise UndecodableAudio(
+                "over_budget",
+                f"this session sent {self._over_budget_blobs} blobs over budget; "
+                "its later blobs are not decoded",
+            )
+        try:
+            result = self._decode(blob)
+        except UndecodableAudio as exc:
+            if exc.kind == "over_budget":
+                self._over_budget_blobs += 1
+            raise
         if not result.restarted and self.has_stream:
             self._stream_blobs += 1
             self._stream_samples += result.pcm.size - result.gap_fill_samples

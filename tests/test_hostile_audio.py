@@ -107,6 +107,19 @@ def test_a_blob_that_keeps_the_demuxer_resyncing_is_dropped_past_its_parse_budge
     assert sum(p.size for p in after) > (speech.size - 6 * SAMPLE_RATE)
 
 
+def test_a_session_that_keeps_sending_blobs_over_budget_is_no_longer_decoded() -> None:
+    decoder = SessionDecoder()
+    bomb = webm_laced_opus_bomb(6_000)
+    kinds = [_refusal(bomb, decoder)]
+    kinds += [_refusal(bomb[len(CHROME_HEADER) :], decoder) for _ in range(2)]
+    assert kinds == ["over_budget"] * 3
+    # From now on nothing of this session is decoded, not even a valid stream.
+    speech = load_synthetic("pauses").pcm[: 2 * SAMPLE_RATE]
+    with pytest.raises(UndecodableAudio, match="not decoded") as info:
+        decoder.decode(encode_opus_stream(speech, SAMPLE_RATE))
+    assert info.value.kind == "over_budget"
+
+
 def test_fake_ogg_pages_cost_their_parse_budget_not_their_claimed_crc_bytes() -> None:
     # 3 MiB of candidate pages claiming 65 KB each: ~700 MB of checksums if each is checked.
     assert _refusal(ogg_fake_page_storm(3 << 20)) == "over_budget"
