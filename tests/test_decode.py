@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 
 import av
 import numpy as np
@@ -55,6 +56,21 @@ def test_blobs_cut_anywhere_decode_identically_to_the_whole_stream(
     # Where the cuts fall changes nothing at all.
     one_blob = SessionDecoder().decode(stream).pcm
     np.testing.assert_array_equal(streamed, one_blob)
+
+
+def test_ogg_blobs_cut_at_page_starts_continue_the_stream(speech_pcm: np.ndarray) -> None:
+    # A blob that starts with "OggS" is a new stream only if that page begins one (the BOS
+    # flag); any other page continues the stream, even at the start of a blob.
+    stream = encode_opus_stream(speech_pcm, SAMPLE_RATE, container="ogg")
+    starts = [i for i in range(len(stream)) if stream.startswith(b"OggS", i)]
+    assert len(starts) > 3
+    edges = [*starts, len(stream)]
+    blobs = [stream[a:b] for a, b in itertools.pairwise(edges)]
+    decoder = SessionDecoder()
+    results = [decoder.decode(b) for b in blobs]
+    assert not any(r.restarted for r in results)
+    pcm = np.concatenate([r.pcm for r in results])
+    np.testing.assert_array_equal(pcm, SessionDecoder().decode(stream).pcm)
 
 
 def test_decoded_audio_matches_the_original_speech(speech_pcm: np.ndarray) -> None:
