@@ -86,6 +86,18 @@ def test_other_containers_codecs_and_rates_are_refused_before_decoding(
 # --- streams ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("container", ["webm", "ogg"])
+def test_a_whole_recording_just_under_the_audio_budget_is_decoded_in_one_blob(
+    container: str,
+) -> None:
+    # The most a real blob can be: a whole recording with 20 ms frames (Firefox's), in one blob.
+    seconds = MAX_BLOB_AUDIO_SECONDS - 1
+    speech = load_synthetic("long").pcm[: round(seconds * SAMPLE_RATE)]
+    stream = encode_opus_stream(speech, SAMPLE_RATE, container=container, frame_ms=20)
+    decoded = SessionDecoder().decode(stream).pcm
+    assert abs(decoded.size - speech.size) < 0.1 * SAMPLE_RATE
+
+
 def test_laced_tiny_opus_packets_are_refused_before_decoding() -> None:
     bomb = webm_laced_opus_bomb(6_000)  # 6 KB of 2-byte packets: about 4 minutes of audio
     packets = 256 * (len(bomb) // 1000)
