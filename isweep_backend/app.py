@@ -28,6 +28,13 @@ SHUTDOWN_PASS_GRACE_SECONDS = 5.0
 SHUTDOWN_REQUEST_GRACE_SECONDS = 2.0
 SHUTDOWN_EXIT_GRACE_SECONDS = 1.0
 SHUTDOWN_BOUND_SECONDS = 8.0
+# One decode thread for all sessions. Each blob's work is bounded (isweep_backend/budget.py),
+# so a hostile blob holds it for tens of milliseconds at most, and a session that keeps
+# sending such blobs is no longer decoded. More threads gain nothing reliable: demuxing is
+# Python and holds the GIL, so a healthy blob decoded beside a hostile one waits for the GIL
+# at each of its calls into FFmpeg instead of waiting in the queue (bench/hostile_blobs.py
+# --queue measures both).
+DECODE_THREADS = 1
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> web.Application:
@@ -66,7 +73,7 @@ async def _executors(app: web.Application) -> AsyncIterator[None]:
     app[PASS_EXECUTOR] = ThreadPoolExecutor(
         parallelism(settings)[0], thread_name_prefix="isweep-pass"
     )
-    app[DECODE_EXECUTOR] = ThreadPoolExecutor(1, thread_name_prefix="isweep-decode")
+    app[DECODE_EXECUTOR] = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="isweep-decode")
     yield
     # Never wait here: that would block the event loop. A pass still running finishes on its
     # thread; `__main__` bounds how long the process waits for it.

@@ -12,8 +12,20 @@ from typing import Any
 import av
 import numpy as np
 
-from .errors import UndecodableAudio
-from .ogg import OGG_MAGIC, OggOpusDemuxer, OggPacket, OggResynced, OggStreamStarted
+from .budget import (
+    MAX_BLOB_AUDIO_SECONDS,
+    MAX_OVER_BUDGET_BLOBS_PER_SESSION,
+    check_opus_audio_budget,
+)
+from .errors import UndecodableAudio, clip
+from .ogg import (
+    OGG_MAGIC,
+    OggOpusDemuxer,
+    OggPacket,
+    OggResynced,
+    OggStreamStarted,
+    starts_ogg_stream,
+)
 from .ringbuffer import Pcm
 from .webm import (
     EBML_MAGIC,
@@ -34,11 +46,23 @@ EMPTY: Pcm = np.zeros(0, dtype=np.float32)
 OPUS_DECODER = "libopus" if "libopus" in av.codecs_available else "opus"
 
 _WHOLE_FILE_MAGICS = (b"RIFF", b"ID3", b"fLaC", b"FORM")
+# The whole-file path (a blob that is a file on its own) opens only these containers, each
+# with FFmpeg's demuxer named here (never by probing all of them), and decodes only these
+# codecs: README "Accepted audio" lists the same.
+WHOLE_FILE_CONTAINERS = ("WAV", "AIFF", "MP3", "M4A/MP4", "FLAC")
+WHOLE_FILE_CODECS = frozenset(
+    {"mp3", "mp3float", "aac", "flac"}
+    | {f"pcm_{kind}" for kind in ("u8", "s16le", "s16be", "s24le", "s24be", "s32le", "s32be")}
+    | {"pcm_f32le", "pcm_f32be", "pcm_f64le", "pcm_f64be", "pcm_alaw", "pcm_mulaw"}
+)
+# Outside these, a file is not speech from a real recorder: refused before decoding.
+WHOLE_FILE_SAMPLE_RATES = (8_000, 192_000)
+WHOLE_FILE_MAX_CHANNELS = 8
 
 
 def starts_stream(blob: bytes) -> bool:
     """True if the blob opens a new WebM or Ogg stream (it carries the container header)."""
-    return blob.startswith(EBML_MAGIC) or blob.startswith(OGG_MAGIC)
+    return blob.startswith(EBML_MAGIC) or starts_ogg_stream(blob)
 
 
 def looks_like_whole_file(blob: bytes) -> bool:
@@ -47,6 +71,25 @@ def looks_like_whole_file(blob: bytes) -> bool:
         or blob[4:8] == b"ftyp"
         or (len(blob) > 1 and blob[0] == 0xFF and blob[1] & 0xE0 == 0xE0)
     )
+
+
+def whole_file_demuxer(blob: bytes) -> str | None:
+    """FFmpeg's demuxer for a whole file in an accepted container, from its magic; None for
+    any other file (AVI in RIFF, AIFF-C, ADTS AAC, ...)."""
+    if blob.startswith(b"RIFF") and blob[8:12] == b"WAVE":
+        return "wav"
+    if blob.startswith(b"FORM") and blob[8:12] == b"AIFF":
+        return "aiff"
+    if blob.startswith(b"fLaC"):
+        return "flac"
+    if blob[4:8] == b"ftyp":
+        return "mp4"
+    # MPEG audio: an ID3 tag or a frame sync whose layer bits are not 00 (00 is ADTS AAC).
+    if blob.startswith(b"ID3") or (
+        len(blob) > 1 and blob[0] == 0xFF and blob[1] & 0xE0 == 0xE0 and blob[1] & 0x06
+    ):
+        return "mp3"
+    return None
 
 
 @dataclass
@@ -200,6 +243,7 @@ class SessionDecoder:
         self._stream_blobs = 0
         self._stream_samples = 0
         self._magic_prefix = b""  # a first blob too short to tell its container yet
+        self._over_budget_blobs = 0
         self.streams_started = 0
         self._may_join_mid_stream = False
         self._joined_48k_samples: int | None = None  # decoded since joining, until a timestamp
@@ -233,7 +277,18 @@ class SessionDecoder:
         self._gap_estimate_samples += round(missing_blobs * per_blob)
 
     def decode(self, blob: bytes) -> DecodeResult:
-        result = self._decode(blob)
+        if self._over_budget_blobs >= MAX_OVER_BUDGET_BLOBS_PER_SESSION:
+            raise UndecodableAudio(
+                "over_budget",
+                f"this session sent {self._over_budget_blobs} blobs over budget; "
+                "its later blobs are not decoded",
+            )
+        try:
+            result = self._decode(blob)
+        except UndecodableAudio as exc:
+            if exc.kind == "over_budget":
+                self._over_budget_blobs += 1
+            raise
         if not result.restarted and self.has_stream:
             self._stream_blobs += 1
             self._stream_samples += result.pcm.size - result.gap_fill_samples
@@ -249,7 +304,7 @@ class SessionDecoder:
                 return DecodeResult()
         if blob.startswith(EBML_MAGIC):
             return self._decode_stream_start(blob, ogg=False)
-        if blob.startswith(OGG_MAGIC):
+        if starts_ogg_stream(blob):
             return self._decode_stream_start(blob, ogg=True)
         if self._webm is not None:
             return self._feed_webm(blob)
@@ -305,7 +360,9 @@ class SessionDecoder:
         assert self._webm is not None
         result = DecodeResult()
         parts: list[Pcm] = []
-        for event in self._webm.feed(blob):
+        events = self._webm.feed(blob)
+        check_opus_audio_budget([e.data for e in events if isinstance(e, Frame)])
+        for event in events:
             if isinstance(event, StreamStarted):
                 self._start_opus_track(event.track)
             elif isinstance(event, Resynced):
@@ -321,7 +378,7 @@ class SessionDecoder:
     def _start_opus_track(self, track: AudioTrack) -> None:
         if track.codec_id != "A_OPUS":
             raise UndecodableAudio(
-                "unsupported_codec", f"WebM track codec {track.codec_id!r} is not Opus"
+                "unsupported_codec", f"WebM track codec {clip(track.codec_id)} is not Opus"
             )
         self.streams_started += 1
         self._opus = OpusFrameDecoder(track.codec_private, track.channels or 2)
@@ -378,6 +435,7 @@ class SessionDecoder:
             events = self._ogg.feed(blob)
         except ValueError as exc:
             raise UndecodableAudio("corrupt_stream", f"Ogg stream is not Opus: {exc}") from exc
+        check_opus_audio_budget([e.data for e in events if isinstance(e, OggPacket)])
         for event in events:
             if isinstance(event, OggStreamStarted):
                 self.streams_started += 1
@@ -392,20 +450,82 @@ class SessionDecoder:
 
 
 def decode_whole_file(blob: bytes) -> Pcm:
-    """A self-contained file (WAV, MP3, M4A, FLAC, ...) to 16 kHz mono PCM."""
+    """A self-contained file in an accepted container and codec (WHOLE_FILE_CONTAINERS,
+    WHOLE_FILE_CODECS) to 16 kHz mono PCM.
+
+    Raises UndecodableAudio for any other file, for a sample rate or channel count no
+    recorder writes, and for more than MAX_BLOB_AUDIO_SECONDS of audio: refused from the
+    header where it says so, else as soon as decoding passes the budget, so a small file
+    that expands to hours of audio never does.
+    """
+    demuxer = whole_file_demuxer(blob)
+    if demuxer is None:
+        raise UndecodableAudio(
+            "unsupported_container",
+            "a whole-file blob must be " + ", ".join(WHOLE_FILE_CONTAINERS),
+        )
     try:
-        with av.open(io.BytesIO(blob), mode="r") as container:
+        with av.open(io.BytesIO(blob), mode="r", format=demuxer) as container:
             if not container.streams.audio:
                 raise UndecodableAudio("no_audio_stream", "the file has no audio stream")
             stream = container.streams.audio[0]
-            resampler: MonoResampler | None = None
-            parts: list[Pcm] = []
-            for frame in container.decode(stream):
-                if resampler is None:
-                    resampler = MonoResampler(frame.sample_rate)
-                parts.append(resampler.resample(frame_to_mono(frame)))
-            if resampler is not None:
-                parts.append(resampler.flush())
+            rate = _check_whole_file_stream(container, stream)
+            return _decode_within_budget(container, stream, rate)
     except av.FFmpegError as exc:
         raise UndecodableAudio("corrupt_file", f"could not decode the file: {exc}") from exc
-    return np.concatenate(parts) if parts else EMPTY
+
+
+def _check_whole_file_stream(container: Any, stream: Any) -> int:
+    """The stream's sample rate, once its codec, rate, channels and declared length pass."""
+    codec = stream.codec_context.name
+    if codec not in WHOLE_FILE_CODECS:
+        raise UndecodableAudio(
+            "unsupported_codec", f"codec {clip(codec)} is not accepted in a whole file"
+        )
+    rate = int(stream.codec_context.sample_rate or 0)
+    low, high = WHOLE_FILE_SAMPLE_RATES
+    if not low <= rate <= high:
+        raise UndecodableAudio(
+            "implausible_format", f"sample rate {rate} Hz is outside {low}-{high} Hz"
+        )
+    channels = int(stream.codec_context.channels or 0)
+    if not 1 <= channels <= WHOLE_FILE_MAX_CHANNELS:
+        raise UndecodableAudio("implausible_format", f"{channels} channels")
+    declared = _declared_seconds(container, stream)
+    if declared > MAX_BLOB_AUDIO_SECONDS:
+        raise _over_budget(declared)
+    return rate
+
+
+def _declared_seconds(container: Any, stream: Any) -> float:
+    """The length the header declares (0 if it declares none)."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return float(container.duration) / av.time_base
+    return 0.0
+
+
+def _decode_within_budget(container: Any, stream: Any, rate: int) -> Pcm:
+    resampler = MonoResampler(rate)
+    parts: list[Pcm] = []
+    budget = round(MAX_BLOB_AUDIO_SECONDS * rate)
+    decoded = 0
+    for frame in container.decode(stream):
+        if frame.sample_rate != rate:
+            raise UndecodableAudio("implausible_format", "the sample rate changes mid-file")
+        decoded += frame.samples
+        if decoded > budget:
+            raise _over_budget(decoded / rate, at_least=True)
+        parts.append(resampler.resample(frame_to_mono(frame)))
+    parts.append(resampler.flush())
+    return np.concatenate(parts)
+
+
+def _over_budget(seconds: float, at_least: bool = False) -> UndecodableAudio:
+    more = "more than " if at_least else ""
+    return UndecodableAudio(
+        "over_budget",
+        f"the file holds {more}{seconds:.0f} s of audio; one blob may hold at most "
+        f"{MAX_BLOB_AUDIO_SECONDS:g} s",
+    )

@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+# Untrusted strings (a container's CodecID, a codec name) are cut to this many characters
+# before they reach an error message or a log line: a WebM CodecID may be a megabyte.
+MAX_UNTRUSTED_CHARS = 64
+
+
+def clip(text: str, limit: int = MAX_UNTRUSTED_CHARS) -> str:
+    """`text` as a quoted literal (control characters escaped), cut to `limit` characters
+    with the number of characters left out."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text) - limit} more characters)"
+
 
 class IsweepError(Exception):
     """Base of every error the pipeline raises on purpose."""

@@ -20,6 +20,9 @@ SECRET_FIELDS = frozenset({"user_id", "tab_id", "audio", "audio_b64", "body"})
 REDACTED = "[redacted]"
 # A run of base64 this long is audio (or a key), never a useful log value.
 _BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{64,}={0,2}")
+# Strings can come from a client's bytes (a container's CodecID may be a megabyte): longer
+# ones are cut, so one request cannot write megabytes of log.
+MAX_LOG_STRING_CHARS = 1000
 # Libraries that log at INFO on every pass or request (aiohttp's access log would repeat each
 # request without our fields): only their warnings get a line.
 _CHATTY_LIBRARIES = ("faster_whisper", "aiohttp.access", "httpx", "huggingface_hub")
@@ -36,6 +39,9 @@ def use_json(log_format: str) -> bool:
 
 def _scrub(value: Any) -> Any:
     if isinstance(value, str):
+        if len(value) > MAX_LOG_STRING_CHARS:
+            cut = len(value) - MAX_LOG_STRING_CHARS
+            value = f"{value[:MAX_LOG_STRING_CHARS]}... ({cut} more characters)"
         return _BASE64_RUN.sub(REDACTED, value)
     if isinstance(value, dict):
         return {k: _scrub(v) for k, v in value.items()}
@@ -45,7 +51,8 @@ def _scrub(value: Any) -> Any:
 
 
 def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
-    """Replace raw ids and anything that looks like base64 audio, exception text included."""
+    """Replace raw ids and anything that looks like base64 audio, exception text included,
+    and cut overlong strings."""
     for key in SECRET_FIELDS & event_dict.keys():
         event_dict[key] = REDACTED
     for key, value in event_dict.items():

@@ -49,6 +49,9 @@ DECODE_ERROR_KINDS = (
     "no_audio_stream",
     "corrupt_file",
     "decoder_error",
+    "unsupported_container",
+    "implausible_format",
+    "over_budget",
 )
 SHED_REASONS = (
     "too_large",

@@ -9,8 +9,12 @@ SimpleBlock whose successor also parses, so one gap costs about the gap and no m
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass, field
+
+from .budget import ParseBudget
+from .errors import UndecodableAudio
 
 EBML_HEADER = 0x1A45DFA3
 EBML_MAGIC = b"\x1a\x45\xdf\xa3"
@@ -42,6 +46,7 @@ MAX_HELD_LEAF_BYTES = 1 << 20
 # A skip this large in an audio stream means the size field is garbage.
 MAX_SKIP_BYTES = 64 << 20
 UNKNOWN_SIZE = -1
+_NOT_255 = re.compile(b"[^\xff]")
 
 
 @dataclass
@@ -154,6 +159,10 @@ class WebmDemuxer:
         self._in_track_entry = False
         self._resyncing = False
         self.header_seen = False
+        self._budget = ParseBudget()
+        # Next offset of each resync anchor in the buffer, as (searched from, found at or -1),
+        # valid within one `feed`: each search starts past the last, so resync stays linear.
+        self._anchor_at: dict[bytes, tuple[int, int]] = {}
 
     @classmethod
     def joining_mid_stream(cls, track: AudioTrack) -> WebmDemuxer:
@@ -178,10 +187,23 @@ class WebmDemuxer:
         self._resyncing = self.header_seen
 
     def feed(self, data: bytes) -> list[DemuxEvent]:
+        """Parse what `data` completes. Raises UndecodableAudio("over_budget") if the blob
+        costs more than MAX_PARSE_STEPS_PER_BLOB; the demuxer then drops what it holds and
+        resyncs on the next blob."""
         self._buf += data
+        self._budget = ParseBudget()
+        self._anchor_at.clear()
+        try:
+            return self._parse_buffer()
+        except UndecodableAudio:
+            self.mark_discontinuity()
+            raise
+
+    def _parse_buffer(self) -> list[DemuxEvent]:
         events: list[DemuxEvent] = []
         pos = 0
         while True:
+            self._budget.spend()
             if self._skip_remaining:
                 step = min(self._skip_remaining, len(self._buf) - pos)
                 pos += step
@@ -336,6 +358,7 @@ class WebmDemuxer:
             ts = (state.cluster_timecode + relative) * state.timecode_scale_ns
         lacing = (flags >> 1) & 0x03
         frames = [payload] if lacing == 0 else _unlace(payload, lacing)
+        self._budget.spend(len(frames))
         for frame in frames:
             if frame:
                 events.append(Frame(frame, ts))
@@ -349,11 +372,16 @@ class WebmDemuxer:
         also begins like a block. A candidate whose successor has not arrived yet is kept.
         """
         buf = self._buf
-        anchors = [i for i in (buf.find(EBML_MAGIC, pos), buf.find(CLUSTER_MAGIC, pos)) if i >= 0]
+        anchors = [
+            i
+            for i in (self._find_anchor(EBML_MAGIC, pos), self._find_anchor(CLUSTER_MAGIC, pos))
+            if i >= 0
+        ]
         anchor = min(anchors) if anchors else len(buf)
         selected = self._state.selected
         i = buf.find(b"\xa3", pos, anchor) if selected is not None else -1
         while selected is not None and i >= 0:
+            self._budget.spend()
             end = self._plausible_block_end(i, selected.number)
             if end is not None:
                 if end >= len(buf):
@@ -366,6 +394,17 @@ class WebmDemuxer:
             return anchor, anchor
         # Keep a few trailing bytes: a magic may be split across two blobs.
         return None, max(pos, len(buf) - 8)
+
+    def _find_anchor(self, magic: bytes, pos: int) -> int:
+        """buf.find(magic, pos), remembered: the buffer does not change within a feed, so a
+        later search from further on reuses the last answer instead of rescanning the rest of
+        the buffer (which made each resync cost the whole buffer: quadratic in the blob)."""
+        searched_from, found_at = self._anchor_at.get(magic, (-1, -1))
+        if 0 <= searched_from <= pos and (found_at < 0 or found_at >= pos):
+            return found_at
+        found_at = self._buf.find(magic, pos)
+        self._anchor_at[magic] = (pos, found_at)
+        return found_at
 
     def _plausible_block_end(self, i: int, track_number: int) -> int | None:
         buf = self._buf
@@ -395,16 +434,14 @@ def _unlace(payload: bytes, lacing: int) -> list[bytes]:
         sizes = [body // count] * count
     elif lacing == 1:
         for _ in range(count - 1):
-            size = 0
-            while True:
-                if pos >= len(payload):
-                    raise ValueError("truncated Xiph lacing")
-                byte = payload[pos]
-                pos += 1
-                size += byte
-                if byte != 255:
-                    break
-            sizes.append(size)
+            # A size is a run of 255s and one smaller byte; the run is found in C, so a
+            # megabyte of 255s costs no Python loop.
+            end = _NOT_255.search(payload, pos)
+            if end is None:
+                raise ValueError("truncated Xiph lacing")
+            stop = end.start()
+            sizes.append(255 * (stop - pos) + payload[stop])
+            pos = stop + 1
         sizes.append(len(payload) - pos - sum(sizes))
     else:
         first = read_vint(payload, pos, keep_marker=False)

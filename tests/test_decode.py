@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import io
+import itertools
+
+import av
 import numpy as np
 import pytest
 
-from isweep_backend.decode import SAMPLE_RATE, SessionDecoder, decode_whole_file
+from isweep_backend.decode import (
+    SAMPLE_RATE,
+    MonoResampler,
+    SessionDecoder,
+    frame_to_mono,
+)
 from isweep_backend.errors import UndecodableAudio
 from tests.audio_tools import cut_blobs, encode_file, encode_opus_stream, wav_bytes
 from tests.conftest import load_synthetic
@@ -14,6 +23,16 @@ from tests.conftest import load_synthetic
 @pytest.fixture(scope="module")
 def speech_pcm() -> np.ndarray:
     return load_synthetic("pauses").pcm
+
+
+def ffmpeg_decode(stream: bytes) -> np.ndarray:
+    """FFmpeg's own demuxer and decoder over a whole WebM/Ogg stream: the reference that the
+    streaming decoder must match (the whole-file path accepts no WebM or Ogg)."""
+    with av.open(io.BytesIO(stream)) as container:
+        audio = container.streams.audio[0]
+        resampler = MonoResampler(audio.codec_context.sample_rate)
+        parts = [resampler.resample(frame_to_mono(f)) for f in container.decode(audio)]
+    return np.concatenate([*parts, resampler.flush()])
 
 
 def _stream_decode(blobs: list[bytes]) -> np.ndarray:
@@ -26,7 +45,7 @@ def test_blobs_cut_anywhere_decode_identically_to_the_whole_stream(
     speech_pcm: np.ndarray, container: str
 ) -> None:
     stream = encode_opus_stream(speech_pcm, SAMPLE_RATE, container=container)
-    whole = decode_whole_file(stream)
+    whole = ffmpeg_decode(stream)
     streamed = _stream_decode(cut_blobs(stream, 1.0, seed=5))
     # A live stream never says where it ends, so the padding of the last 60 ms Opus frame is
     # kept, where a file decode trims it. FFmpeg's file decode uses its own Opus decoder and
@@ -37,6 +56,21 @@ def test_blobs_cut_anywhere_decode_identically_to_the_whole_stream(
     # Where the cuts fall changes nothing at all.
     one_blob = SessionDecoder().decode(stream).pcm
     np.testing.assert_array_equal(streamed, one_blob)
+
+
+def test_ogg_blobs_cut_at_page_starts_continue_the_stream(speech_pcm: np.ndarray) -> None:
+    # A blob that starts with "OggS" is a new stream only if that page begins one (the BOS
+    # flag); any other page continues the stream, even at the start of a blob.
+    stream = encode_opus_stream(speech_pcm, SAMPLE_RATE, container="ogg")
+    starts = [i for i in range(len(stream)) if stream.startswith(b"OggS", i)]
+    assert len(starts) > 3
+    edges = [*starts, len(stream)]
+    blobs = [stream[a:b] for a, b in itertools.pairwise(edges)]
+    decoder = SessionDecoder()
+    results = [decoder.decode(b) for b in blobs]
+    assert not any(r.restarted for r in results)
+    pcm = np.concatenate([r.pcm for r in results])
+    np.testing.assert_array_equal(pcm, SessionDecoder().decode(stream).pcm)
 
 
 def test_decoded_audio_matches_the_original_speech(speech_pcm: np.ndarray) -> None:
@@ -69,7 +103,7 @@ def test_gap_is_resynced_and_filled_so_later_audio_keeps_its_time(
 ) -> None:
     stream = encode_opus_stream(speech_pcm, SAMPLE_RATE)
     blobs = cut_blobs(stream, 1.0, seed=2)
-    whole = decode_whole_file(stream)
+    whole = ffmpeg_decode(stream)
     decoder = SessionDecoder()
     parts = []
     for i, blob in enumerate(blobs):
