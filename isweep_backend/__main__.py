@@ -12,7 +12,7 @@ from .app import create_app
 from .errors import ModelNotFound
 from .logging import configure_logging
 from .models import resolve_model
-from .settings import load_settings
+from .settings import instance_name, load_settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,7 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"isweep-backend: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, instance=instance_name(settings))
     log = structlog.get_logger("isweep_backend")
     try:
         # Fail fast, before binding, on a model that cannot be found; loading happens later.

@@ -19,10 +19,13 @@ from .keys import METRICS, RUNTIME, SETTINGS
 from .openapi import add_docs_routes
 from .schema import error_body, parse_chunk, segments_from_words
 from .session import session_hash
+from .settings import instance_name
 
 log = structlog.get_logger("isweep_backend.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RETRY_AFTER = {"Retry-After": "2"}
+# Names the replica on every answer, so session affinity behind a load balancer can be seen.
+INSTANCE_HEADER = "X-Isweep-Instance"
 
 
 def json_error(status: int, code: str, message: str, **headers: str) -> web.Response:
@@ -75,6 +78,7 @@ async def readyz(request: web.Request) -> web.Response:
             "device": info.device,
             "compute_type": info.compute_type,
             "sessions": len(runtime.registry),
+            "instance": instance_name(request.app[SETTINGS]),
         }
     )
 
@@ -131,6 +135,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("request_failed")
         response = json_error(500, "internal_error", "the server failed to answer this request")
+    response.headers[INSTANCE_HEADER] = instance_name(request.app[SETTINGS])
     m = request.app[METRICS]
     m.requests.labels(route, f"{response.status // 100}xx").inc()
     m.request_duration.labels(route).observe(time.perf_counter() - started)
