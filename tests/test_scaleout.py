@@ -33,6 +33,7 @@ from typing import Any
 import aiohttp
 import pytest
 import structlog
+import yaml
 
 from isweep_backend.api import INSTANCE_HEADER
 from isweep_backend.logging import configure_logging
@@ -119,6 +120,7 @@ class Replica:
 class Cluster:
     tmp: Path
     port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
     replicas: list[Replica] = field(default_factory=list)
     haproxy: subprocess.Popen[bytes] | None = None
 
@@ -135,7 +137,7 @@ class Cluster:
         env.update(
             HF_HUB_OFFLINE="1",
             ISWEEP_HAPROXY_BIND=f"127.0.0.1:{self.port}",
-            ISWEEP_HAPROXY_METRICS_BIND=f"127.0.0.1:{free_port()}",
+            ISWEEP_HAPROXY_METRICS_BIND=f"127.0.0.1:{self.metrics_port}",
             ISWEEP_HAPROXY_SOCKET=str(self.socket_path),
             # Three replicas share two cores: one single-thread pass at a time each.
             ISWEEP_INFERENCE_WORKERS="1",
@@ -324,6 +326,22 @@ def test_haproxy_accepts_the_config_with_generated_servers(tmp_path: Path) -> No
         )
         assert check.returncode == 0, check.stdout + check.stderr
         assert "Configuration file is valid" in check.stdout + check.stderr
+
+
+@pytest.mark.slow
+def test_haproxy_exports_each_replicas_state_as_the_alert_reads_it(cluster: Cluster) -> None:
+    url = f"http://127.0.0.1:{cluster.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    for replica in cluster.replicas:
+        labels = f'proxy="replicas",server="{replica.name}"'
+        assert f'haproxy_server_status{{{labels},state="UP"}} 1' in text
+        assert f'haproxy_server_status{{{labels},state="DOWN"}} 0' in text
+    groups = yaml.safe_load((ROOT / "ops" / "alerts.yml").read_text())["groups"]
+    rule = next(
+        r for g in groups for r in g["rules"] if r.get("alert") == "IsweepReplicaOutOfRotation"
+    )
+    assert 'haproxy_server_status{proxy="replicas", state="DOWN"}' in rule["expr"]
 
 
 # --- affinity --------------------------------------------------------------------------------
