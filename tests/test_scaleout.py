@@ -501,6 +501,7 @@ def test_adding_a_fourth_replica_moves_about_a_quarter_of_sessions_all_to_it(
         moved = [key for key in keys if after[key] != before[key]]
         # Consistent hashing: a session moves only to the new replica, and only its share
         # (a quarter on average) moves; with a modulo hash three quarters would.
+        print(f"scale-up 3 -> 4 replicas: {len(moved)} of {len(keys)} session keys moved")
         assert {after[key] for key in moved} == {newcomer.name}
         assert 0.1 <= len(moved) / len(keys) <= 1 / 3, len(moved)
         for key in live:
