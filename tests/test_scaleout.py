@@ -3,8 +3,9 @@ real replicas (`python -m isweep_backend`), fed real Chrome MediaRecorder blobs
 (tests/fixtures/chrome) on loopback. Every replica names itself in the X-Isweep-Instance
 header, so where HAProxy sent each request is seen from outside, as an operator would.
 
-Failover and drain tests (a killed or SIGTERMed replica's sessions resume elsewhere) need a
-replica to pick up a stream whose header it never saw; they come with that work.
+The failover test checks HAProxy's half: a killed replica's session is answered 200 by the
+next replica. That its words resume there, and the drain test (SIGTERM), need a replica to pick
+up a stream whose header it never saw; they come with that work.
 """
 
 from __future__ import annotations
@@ -84,7 +85,10 @@ def post(url: str, data: bytes, timeout: float = 30.0) -> tuple[int, str | None,
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             return resp.status, resp.headers.get(INSTANCE_HEADER), json.loads(resp.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers.get(INSTANCE_HEADER), json.loads(exc.read())
+        text = exc.read()
+        # HAProxy's own 502/503 pages are HTML: keep them readable in a failure message.
+        answer = json.loads(text) if exc.headers.get_content_type() == "application/json" else text
+        return exc.code, exc.headers.get(INSTANCE_HEADER), answer
 
 
 def wait_until(check: Any, timeout: float, what: str) -> None:
@@ -151,8 +155,13 @@ class Cluster:
 
     def start_replica(self) -> Replica:
         name, port = f"replica{len(self.replicas) + 1}", free_port()
+        replica = Replica(name, port, self.spawn(port, name))
+        self.replicas.append(replica)
+        return replica
+
+    def spawn(self, port: int, name: str) -> subprocess.Popen[bytes]:
         env = {**self.env(), "ISWEEP_PORT": str(port), "ISWEEP_INSTANCE": name}
-        with (self.tmp / f"{name}.log").open("wb") as log:
+        with (self.tmp / f"{name}.log").open("ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "isweep_backend"],
                 env=env,
@@ -160,9 +169,7 @@ class Cluster:
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
             )
-        replica = Replica(name, port, proc)
-        self.replicas.append(replica)
-        return replica
+        return proc
 
     def write_servers(self) -> None:
         addresses = [f"127.0.0.1:{r.port}" for r in self.replicas]
@@ -590,3 +597,29 @@ def test_run_local_serves_through_haproxy_and_stops_everything_on_sigterm(
         urllib.request.urlopen(f"{url}/readyz", timeout=2)
     assert re.search(r"run-local: 2 replicas .* behind http://127\.0\.0\.1:\d+", log_text)
     assert not list(tmp_path.glob("isweep-haproxy.*")), "its temporary folder is removed"
+
+
+# --- failover: what HAProxy does (the session's words resuming needs the restart work) ------
+
+
+@pytest.mark.slow
+def test_a_killed_replicas_session_is_answered_200_by_the_next_replica(cluster: Cluster) -> None:
+    key = ("user-failover", 77)
+    answers = [post(cluster.url, body(*key, seq, BLOBS[seq])) for seq in range(4)]
+    assert {(status, instance) for status, instance, _ in answers} == {(200, answers[0][1])}, (
+        answers
+    )
+    owner = next(r for r in cluster.replicas if r.name == answers[0][1])
+    owner.proc.send_signal(signal.SIGKILL)
+    owner.proc.wait(timeout=10)
+    try:
+        # At once, before a health check has noticed: the POST meets a refused connection and
+        # HAProxy sends it again, to the next replica on the ring, where the rest follow.
+        later = [post(cluster.url, body(*key, seq, BLOBS[seq])) for seq in range(4, 9)]
+        assert [status for status, _, _ in later] == [200] * len(later), later
+        survivors = {instance for _, instance, _ in later}
+        assert len(survivors) == 1 and owner.name not in survivors, survivors
+        wait_until(lambda: owner.name not in cluster.servers_up(), 10, "the dead replica out")
+    finally:
+        owner.proc = cluster.spawn(owner.port, owner.name)
+        cluster.wait_all_up()
