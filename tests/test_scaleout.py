@@ -76,11 +76,13 @@ def body(user_id: str, tab_id: int, seq: int, blob: bytes) -> bytes:
     return json.dumps(chunk_body(blob, seq, user_id, tab_id)).encode()
 
 
-def post(url: str, data: bytes, timeout: float = 30.0) -> tuple[int, str | None, Any]:
+def post(url: str, data: bytes, token: str = "") -> tuple[int, str | None, Any]:
     """(status, the replica that answered, JSON answer) of one POST /asr/stream."""
-    request = urllib.request.Request(
-        f"{url}/asr/stream", data=data, headers={"Content-Type": "application/json"}
-    )
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(f"{url}/asr/stream", data=data, headers=headers)
+    timeout = 30.0
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             return resp.status, resp.headers.get(INSTANCE_HEADER), json.loads(resp.read())
@@ -552,6 +554,8 @@ def alive(pid: int) -> bool:
 def test_run_local_serves_through_haproxy_and_stops_everything_on_sigterm(
     tmp_path: Path,
 ) -> None:
+    # With a token, HAProxy's /readyz checks must carry it, or no replica would ever be UP.
+    token = "run-local-token"
     haproxy = haproxy_binary()
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ISWEEP_")}
@@ -559,6 +563,7 @@ def test_run_local_serves_through_haproxy_and_stops_everything_on_sigterm(
         PYTHON=sys.executable,
         PATH=f"{Path(haproxy).parent}:{env.get('PATH', '')}",
         HF_HUB_OFFLINE="1",
+        ISWEEP_AUTH_TOKEN=token,
         ISWEEP_INFERENCE_WORKERS="1",
         ISWEEP_CPU_THREADS="1",
         ISWEEP_LOG_FORMAT="json",
@@ -578,12 +583,13 @@ def test_run_local_serves_through_haproxy_and_stops_everything_on_sigterm(
 
         def answered_by_both() -> bool:
             for i in range(8):
-                status, instance, _ = post(url, body(f"user-local-{i}", i, 0, BLOBS[0]))
+                status, instance, _ = post(url, body(f"user-local-{i}", i, 0, BLOBS[0]), token)
                 if status == 200:
                     seen.add(instance)
             return seen == {"replica1", "replica2"}
 
         wait_until(answered_by_both, 90, "both replicas to answer through HAProxy")
+        assert post(url, body("user-local-0", 0, 1, BLOBS[1]))[0] == 401  # the token is needed
         started = children_of(script.pid)
         assert len(started) == 3  # two replicas and HAProxy's master
         script.send_signal(signal.SIGTERM)
