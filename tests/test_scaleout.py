@@ -595,8 +595,12 @@ def test_run_local_serves_through_haproxy_and_stops_everything_on_sigterm(
         script.send_signal(signal.SIGTERM)
         assert script.wait(timeout=40) == 0
     finally:
-        if script.poll() is None:
-            script.kill()
+        if script.poll() is None:  # a failed check: let the script stop what it started
+            script.send_signal(signal.SIGTERM)
+            try:
+                script.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                script.kill()
     log_text = (tmp_path / "run-local.log").read_text()
     assert not [pid for pid in started if alive(pid)], log_text
     with pytest.raises(OSError):

@@ -31,15 +31,18 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
 workdir=$(mktemp -d "${TMPDIR:-/tmp}/isweep-haproxy.XXXXXX")
 pids=()
 stop() {
+  local status=$1
   trap - INT TERM EXIT
   echo "run-local: stopping ${#pids[@]} processes" >&2
   local pid
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$workdir"
-  exit 0
+  exit "$status"
 }
-trap stop INT TERM EXIT
+# A signal is the normal way to stop (exit 0); HAProxy failing to start is not.
+trap 'stop 0' INT TERM
+trap 'stop $?' EXIT
 
 read -r -a ports <<<"$(free_ports $((replicas + 1)))"
 addresses=()
