@@ -15,7 +15,7 @@ from .app import SHUTDOWN_EXIT_GRACE_SECONDS, SHUTDOWN_REQUEST_GRACE_SECONDS, cr
 from .errors import ModelNotFound
 from .logging import configure_logging
 from .models import resolve_model
-from .settings import load_settings
+from .settings import instance_name, load_settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"isweep-backend: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, instance=instance_name(settings))
     log = structlog.get_logger("isweep_backend")
     try:
         # Fail fast, before binding, on a model that cannot be found; loading happens later.

@@ -21,10 +21,13 @@ from .ratelimit import retry_after_header
 from .schema import error_body, parse_chunk, segments_from_words
 from .security import caller_of
 from .session import session_hash
+from .settings import instance_name
 
 log = structlog.get_logger("isweep_backend.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RETRY_AFTER = {"Retry-After": "2"}
+# Names the replica on every answer, so session affinity behind a load balancer can be seen.
+INSTANCE_HEADER = "X-Isweep-Instance"
 
 
 def json_error(status: int, code: str, message: str, **headers: str) -> web.Response:
@@ -85,6 +88,7 @@ async def readyz(request: web.Request) -> web.Response:
         "sessions": len(runtime.registry),
         "pass_workers": workers,
         "pass_workers_alive": alive,
+        "instance": instance_name(request.app[SETTINGS]),
     }
     if alive < workers:
         # Recognition capacity is lost until the dead workers are replaced (a few seconds).
@@ -148,6 +152,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("request_failed")
         response = json_error(500, "internal_error", "the server failed to answer this request")
+    response.headers[INSTANCE_HEADER] = instance_name(request.app[SETTINGS])
     m = request.app[METRICS]
     m.requests.labels(route, f"{response.status // 100}xx").inc()
     m.request_duration.labels(route).observe(time.perf_counter() - started)

@@ -80,11 +80,20 @@ def _renderer(json_lines: bool, stream: TextIO) -> list[Processor]:
     ]
 
 
+def _add_instance(instance: str) -> Processor:
+    def add(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+        event_dict.setdefault("instance", instance)
+        return event_dict
+
+    return add
+
+
 def configure_logging(
-    level: str = "info", log_format: str = "auto", stream: TextIO | None = None
+    level: str = "info", log_format: str = "auto", stream: TextIO | None = None, instance: str = ""
 ) -> None:
     """Send structlog events and stdlib records alike to `stream` (stdout) through one
-    handler on the root logger; calling it again replaces that handler."""
+    handler on the root logger; calling it again replaces that handler. A non-empty
+    `instance` names the replica in every line, so logs of several replicas can be merged."""
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r}")
@@ -95,6 +104,8 @@ def configure_logging(
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    if instance:
+        shared.append(_add_instance(instance))
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import math
 import os
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
@@ -39,6 +40,13 @@ class Settings:
     )
     metrics_require_token: bool = field(
         default=False, metadata={"help": "also require the token on /metrics"}
+    )
+    instance: str = field(
+        default="",
+        metadata={
+            "help": "this replica's name, in /readyz, every log line and the X-Isweep-Instance "
+            "header, so a load balancer's affinity can be checked; default: host name:port"
+        },
     )
     cors_origins: str = field(
         default="chrome-extension://*",
@@ -213,6 +221,11 @@ def parallelism(settings: Settings, cores: int | None = None) -> tuple[int, int]
     workers = settings.inference_workers or min(cores, MAX_AUTO_WORKERS)
     threads = settings.cpu_threads or max(1, cores // workers)
     return workers, threads
+
+
+def instance_name(settings: Settings) -> str:
+    """The replica's name: the `instance` setting, or host name:port (unique per machine)."""
+    return settings.instance or f"{socket.gethostname()}:{settings.port}"
 
 
 def env_name(field_name: str) -> str:

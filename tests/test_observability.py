@@ -54,6 +54,7 @@ OPS = ROOT / "ops"
 GRAFANA = ROOT / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "isweep-backend.json"
 JOB = "isweep-backend"
+INSTANCE_ALL = ".+"  # the dashboard's `instance` variable when "All" is chosen
 # Distinctive values, so finding one in a log line or in /metrics cannot be a coincidence.
 USER_ID = "user-7f3c9a51-observability"
 TAB_ID = 918273645
@@ -120,12 +121,13 @@ def scrape(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
-    """(panel title, PromQL) for every query of the dashboard, rows' nested panels included."""
+    """(panel title, PromQL) for every query of the dashboard, rows' nested panels included,
+    with the `instance` variable at its "All" value, as Grafana sends it to Prometheus."""
 
     def walk(panels: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:
         for panel in panels:
             for target in panel.get("targets", []):
-                yield panel["title"], target["expr"]
+                yield panel["title"], target["expr"].replace("$instance", INSTANCE_ALL)
             yield from walk(panel.get("panels", []))
 
     return list(walk(json.loads(DASHBOARD.read_text())["panels"]))
@@ -242,7 +244,10 @@ def test_compose_wires_service_prometheus_and_grafana_with_files_that_exist() ->
     )
     port = re.search(r"ISWEEP_PORT=(\d+)", (ROOT / "Dockerfile").read_text())
     assert port is not None
-    assert job["static_configs"][0]["targets"] == [f"{JOB}:{port.group(1)}"]
+    # Every replica of the service, found by its DNS name (one address per container).
+    assert services[JOB]["deploy"]["replicas"] >= 2
+    (discovery,) = job["dns_sd_configs"]
+    assert discovery["names"] == [JOB] and discovery["port"] == int(port.group(1))
     # Grafana finds the provisioning and the dashboards where compose mounts them.
     assert mounts["grafana/provisioning"] == "/etc/grafana/provisioning"
     provider = yaml.safe_load(
@@ -552,7 +557,9 @@ def prometheus_config(port: int) -> dict[str, Any]:
     config["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
     config["rule_files"] = [str(OPS / rule) for rule in config["rule_files"]]
     job = next(j for j in config["scrape_configs"] if j["job_name"] == JOB)
+    job.pop("dns_sd_configs", None)  # compose's replicas; here the one test service
     job["static_configs"] = [{"targets": [f"127.0.0.1:{port}"]}]
+    config["scrape_configs"] = [job]
     return config
 
 
