@@ -75,6 +75,14 @@ def first_stream() -> list[tuple[int, bytes, float]]:
     return [(seq, BLOBS[seq], SENT_AT[seq]) for seq in range(restart - 1)]
 
 
+def whole_capture() -> list[tuple[int, bytes, float]]:
+    """The whole recording as the extension sends it: the first stream, then (the blob
+    `stop()` flushed is not sent) the new stream's first 2 s blob as the next seq, with the
+    third sentence's first half."""
+    restart = MANIFEST["restart_seq"]
+    return [*first_stream(), (restart - 1, BLOBS[restart], SENT_AT[restart])]
+
+
 def body(user_id: str, tab_id: int, seq: int, blob: bytes) -> bytes:
     return json.dumps(chunk_body(blob, seq, user_id, tab_id)).encode()
 
@@ -423,6 +431,7 @@ async def replay_in_real_time(
     url: str,
     capture: Capture,
     event: tuple[int, Callable[[], None]] | None = None,
+    blobs: list[tuple[int, bytes, float]] | None = None,
 ) -> None:
     """The extension's requests: one blob when the recorder flushed it, without waiting for
     earlier answers; then the last blob again (as its next blob would) until the words of the
@@ -438,7 +447,7 @@ async def replay_in_real_time(
     loop = asyncio.get_running_loop()
     started = loop.time()
     sends = []
-    order = first_stream()
+    order = first_stream() if blobs is None else blobs
     for seq, blob, at in order:
         await asyncio.sleep(max(0.0, started + at - loop.time()))
         sends.append(asyncio.create_task(send(seq, blob)))
@@ -535,32 +544,60 @@ def owner_of(cluster: Cluster, user_id: str, tab_id: int) -> str:
     return instance
 
 
+# Captures replayed across the scale-up: the ring is fixed by the servers' ids and weights, so
+# these two keys move from 3 to 4 replicas and this one stays (the test checks it).
+LIVE_MOVING = [("user-scale-3", 1003), ("user-live-1", 2001)]
+LIVE_STAYING = [("user-scale-0", 1000)]
+
+
 @pytest.mark.slow
-def test_adding_a_fourth_replica_moves_about_a_quarter_of_sessions_all_to_it(
+async def test_adding_a_fourth_replica_moves_about_a_quarter_of_sessions_and_they_resume(
     cluster: Cluster,
 ) -> None:
     keys = [(f"user-scale-{i}", 1000 + i) for i in range(60)]
-    live = keys[:12]  # sessions with real audio, to see their next blob answered after the move
-    before = {key: owner_of(cluster, *key) for key in keys}
-    for key in live:
-        status, instance, answer = post(cluster.url, body(*key, 0, BLOBS[0]))
-        assert (status, instance) == (200, before[key]), answer
-    newcomer = cluster.start_replica()
+    live = LIVE_MOVING + LIVE_STAYING
+    before = {key: owner_of(cluster, *key) for key in keys + live}
+    newcomer = cluster.start_replica()  # started, but not in HAProxy's list until the reload
     try:
         wait_until(lambda: ready(newcomer.url), 90, "the fourth replica ready")
-        cluster.reload()
+        captures = [Capture(*key) for key in live]
+        # Mid-speech, with the moving captures' requests in flight, HAProxy reloads with four.
+        reload_mid_speech = (MOVE_SEQ, cluster.reload)
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            await asyncio.gather(
+                *(
+                    replay_in_real_time(
+                        http,
+                        cluster.url,
+                        c,
+                        reload_mid_speech if c is captures[0] else None,
+                        whole_capture(),
+                    )
+                    for c in captures
+                )
+            )
         names = {r.name for r in cluster.replicas}
         wait_until(lambda: cluster.servers_up() == names, 30, "HAProxy to see four replicas UP")
-        after = {key: owner_of(cluster, *key) for key in keys}
+        after = {key: owner_of(cluster, *key) for key in keys + live}
         moved = [key for key in keys if after[key] != before[key]]
         # Consistent hashing: a session moves only to the new replica, and only its share
         # (a quarter on average) moves; with a modulo hash three quarters would.
         print(f"scale-up 3 -> 4 replicas: {len(moved)} of {len(keys)} session keys moved")
         assert {after[key] for key in moved} == {newcomer.name}
         assert 0.1 <= len(moved) / len(keys) <= 1 / 3, len(moved)
-        for key in live:
-            status, instance, answer = post(cluster.url, body(*key, 1, BLOBS[1]))
-            assert (status, instance) == (200, after[key]), answer
+        for key, capture in zip(live, captures, strict=True):
+            words = [w["word"] for w in capture.words]
+            print(f"scale-up {key}: {capture.instances} words {words}")
+            if key in LIVE_MOVING:
+                assert after[key] == newcomer.name
+                assert_resumed_elsewhere(capture, before[key])
+                assert capture.instances[-1] == newcomer.name
+            else:
+                assert after[key] == before[key]
+                assert set(capture.statuses) == {200}, capture.statuses
+                assert set(capture.instances) == {before[key]}, capture.instances
+                assert not capture.dropped and not capture.repeated_words(), capture.words
     finally:
         cluster.replicas.remove(newcomer)
         cluster.reload()
@@ -656,9 +693,9 @@ def test_run_local_serves_through_haproxy_and_stops_everything_on_sigterm(
 
 # --- failover and drain: a session moves mid-speech and goes on ------------------------------
 
-# The replica is killed or stopped while blob 6 is in flight: 6.1 s to 7.1 s of the capture,
-# inside the second sentence (5.10 s to 8.30 s).
-MOVE_SEQ = 6
+# A session moves (its replica killed or stopped, or a replica added) while blob 5 is in
+# flight: 5.1 s to 6.1 s of the capture, in the second sentence (5.10 s to 8.30 s).
+MOVE_SEQ = 5
 # The issue's bound: words resume within this much audio after the replica went.
 RESUME_SECONDS = 3.0
 
@@ -672,7 +709,11 @@ async def move_mid_speech(cluster: Cluster, key: tuple[str, int], sig: signal.Si
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(timeout=timeout) as http:
         await replay_in_real_time(
-            http, cluster.url, capture, (MOVE_SEQ, lambda: owner.proc.send_signal(sig))
+            http,
+            cluster.url,
+            capture,
+            (MOVE_SEQ, lambda: owner.proc.send_signal(sig)),
+            whole_capture(),
         )
     return capture
 
@@ -696,9 +737,9 @@ def assert_resumed_elsewhere(capture: Capture, owner: str) -> None:
     resumed = [w for w, i in zip(capture.words, capture.word_instances, strict=True) if i != owner]
     assert resumed, capture.words
     assert resumed[0]["start_seconds"] <= moved_at + RESUME_SECONDS, resumed
-    # What comes after the move is the rest of the second sentence (a word cut by the move
-    # may come out as a fragment).
-    rest = set(normalise(PAUSES["sentences"][1]["text"]).split())
+    # What comes after the move is the rest of the second sentence and the start of the
+    # third (a word cut by the move may come out as a fragment).
+    rest = set(normalise(" ".join(s["text"] for s in PAUSES["sentences"][1:])).split())
     wrong = [w["word"] for w in resumed if normalise(w["word"]) not in rest]
     assert len(wrong) <= 1 and len(resumed) >= 3, (wrong, resumed)
 
