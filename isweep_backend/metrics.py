@@ -40,7 +40,7 @@ STATUS_CLASSES = ("2xx", "4xx", "5xx")
 PASS_OUTCOMES = ("ok", "vad_skipped", "error")
 COMMIT_RULES = ("agreement", "end_of_speech", "deadline")
 HALLUCINATION_GUARDS = ("segment", "outside_speech")
-EVICTION_REASONS = ("ttl", "new_capture", "shutdown")
+EVICTION_REASONS = ("ttl", "new_capture", "left_behind", "shutdown")
 SEQ_EVENTS = ("early", "duplicate", "late", "far_ahead", "gap", "restart")
 DECODE_ERROR_KINDS = (
     "no_stream_header",

@@ -24,6 +24,12 @@ log = structlog.get_logger("isweep_backend.sessions")
 # Blobs are sent a second apart, so a late seq 0 is overtaken by one or two blobs at most: a new
 # session's first blob past this seq, with no header, joins a capture already under way.
 MAX_SEQ_BEFORE_A_LATE_SEQ0 = 2
+# A live capture sends a blob every 1 or 2 s. A session that heard nothing for this long and
+# then gets a blob past the ones it lacks was left behind: the capture went on at another
+# replica (a failover, or a scale-up and back) or its blobs were lost. What it holds (audio,
+# pending words) is from before what the client has since been sent, so it is replaced by a
+# session that joins the capture where it is now.
+STALE_SESSION_SECONDS = 5.0
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:
@@ -46,6 +52,12 @@ def return_freed_memory() -> None:
     after a crowd of sessions leaves."""
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
+
+
+def left_behind(session: Session, seq: int, now: float) -> bool:
+    """Whether blob `seq` comes after the capture went on without `session` (see
+    STALE_SESSION_SECONDS)."""
+    return seq > session.reorder.next_seq and now - session.last_seen >= STALE_SESSION_SECONDS
 
 
 class SessionRegistry:
@@ -98,6 +110,10 @@ class SessionRegistry:
         elif session is None:
             session = self._create(key, chunk)
             self._session_starts.charge(caller, time.monotonic())
+        elif left_behind(session, chunk.seq, time.monotonic()):
+            # One for one, like a new capture: no session, load or audio is added.
+            self._remove(session, "left_behind")
+            session = self._create(key, chunk, replacing=True)
         elif not session.rate_limit.take(time.monotonic()):
             self._metrics.requests_shed.labels("rate_limit").inc()
             raise RateLimited(

@@ -38,6 +38,7 @@ import yaml
 
 from isweep_backend.api import INSTANCE_HEADER
 from isweep_backend.logging import configure_logging
+from isweep_backend.sessions import STALE_SESSION_SECONDS
 from tests.conftest import ClientFactory, chunk_body
 from tests.live_server import free_port
 from tests.test_streaming import normalise, wer
@@ -496,6 +497,39 @@ async def test_six_concurrent_sessions_each_stay_on_one_replica_and_transcribe_a
         assert errors <= single + 2 / heard and heard >= enough, capture.words
         starts = [w["start_seconds"] for w in capture.words]
         assert starts == sorted(starts)  # times on the session's own clock, never repeated
+
+
+# --- a session that comes back to a replica that had it before -----------------------------
+
+
+async def test_a_session_left_behind_is_replaced_when_its_capture_comes_back_far_ahead(
+    make_client: ClientFactory,
+) -> None:
+    """A replica held a session, the capture went on at another replica (a failover, or a
+    scale-up and back) and now comes back, many blobs on. Its blobs are beyond the old
+    session's hold window: without a fresh session they would be dropped for as long as the
+    capture goes on (each one also keeps the old session from expiring)."""
+    client = await make_client()
+    for seq in range(4):
+        resp = await client.post("/asr/stream", json=chunk_body(BLOBS[seq], seq))
+        assert resp.status == 200
+    await asyncio.sleep(STALE_SESSION_SECONDS)  # meanwhile seqs 4 to 24 went elsewhere
+    words: list[dict[str, Any]] = []
+    back = 25  # blob 5 (the second sentence) is sent as seq 25, and so on
+    for i, seq in enumerate(range(back, back + 4)):
+        resp = await client.post("/asr/stream", json=chunk_body(BLOBS[5 + i], seq))
+        assert resp.status == 200
+        words += [w for s in (await resp.json())["segments"] for w in s["words"]]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(words) < 3:
+        resp = await client.post("/asr/stream", json=chunk_body(BLOBS[8], back + 3))
+        words += [w for s in (await resp.json())["segments"] for w in s["words"]]
+        await asyncio.sleep(0.3)
+    assert len(words) >= 3, words
+    rest = set(normalise(PAUSES["sentences"][1]["text"]).split())
+    assert all(normalise(w["word"]) in rest for w in words[1:]), words
+    # On the client's clock, where the capture is now, not where the old session stopped.
+    assert words[0]["start_seconds"] >= back, words
 
 
 # --- bodies larger than HAProxy's buffer -----------------------------------------------------
