@@ -3,9 +3,10 @@ real replicas (`python -m isweep_backend`), fed real Chrome MediaRecorder blobs
 (tests/fixtures/chrome) on loopback. Every replica names itself in the X-Isweep-Instance
 header, so where HAProxy sent each request is seen from outside, as an operator would.
 
-The failover test checks HAProxy's half: a killed replica's session is answered 200 by the
-next replica. That its words resume there, and the drain test (SIGTERM), need a replica to pick
-up a stream whose header it never saw; they come with that work.
+A session moves mid-speech three ways: its replica is killed (SIGKILL), stopped (SIGTERM) or
+a fourth replica takes its share of the ring. Each time the client must see what the extension
+needs: only 200s, words resuming within 3 s of audio, no segment it would drop as going back
+in time, no word told twice.
 """
 
 from __future__ import annotations
