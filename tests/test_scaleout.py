@@ -236,6 +236,14 @@ class Cluster:
                 up.add(cells[1])
         return up
 
+    def retries(self) -> tuple[int, int]:
+        """(retries, redispatches) of the `replicas` backend since HAProxy (re)started."""
+        for line in self.runtime_api("show stat").splitlines():
+            cells = line.split(",")
+            if len(cells) > 16 and cells[0] == "replicas" and cells[1] == "BACKEND":
+                return int(cells[15] or 0), int(cells[16] or 0)
+        return 0, 0
+
     def wait_all_up(self, timeout: float = 90.0) -> None:
         names = {r.name for r in self.replicas}
         for replica in self.replicas:
@@ -813,9 +821,14 @@ async def test_a_replica_stopped_mid_speech_answers_in_flight_and_its_session_mo
     key = ("user-drain", 78)
     owner = owner_of(cluster, *key)
     replica = next(r for r in cluster.replicas if r.name == owner)
+    retried_before = cluster.retries()
     try:
         capture = await move_mid_speech(cluster, key, signal.SIGTERM)
         print(f"drain: {capture.instances} words {[w['word'] for w in capture.words]}")
+        # Requests that met the closed socket were retried (a count, not a bound: a health
+        # check may see the replica go first, then HAProxy sends none there).
+        retried = [a - b for a, b in zip(cluster.retries(), retried_before, strict=True)]
+        print(f"drain: HAProxy retries {retried[0]}, redispatches {retried[1]}")
         # The blob in flight at SIGTERM is answered 200, by the stopping replica if it had
         # read it (as it had every earlier one), else by the next (a refused connection).
         assert capture.instances[:MOVE_SEQ] == [owner] * MOVE_SEQ, capture.instances
