@@ -506,6 +506,7 @@ async def test_six_concurrent_sessions_each_stay_on_one_replica_and_transcribe_a
         assert errors <= single + 2 / heard and heard >= enough, capture.words
         starts = [w["start_seconds"] for w in capture.words]
         assert starts == sorted(starts)  # times on the session's own clock, never repeated
+        assert not capture.dropped, capture.dropped  # none the extension would drop
 
 
 # --- a session that comes back to a replica that had it before -----------------------------
