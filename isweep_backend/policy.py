@@ -15,6 +15,10 @@ from .engine import SAMPLE_RATE, PassResult, Word
 
 # A new word starting this much before the last committed end is the same word heard again.
 REHEARD_TOLERANCE_SAMPLES = SAMPLE_RATE // 10
+# How far Whisper's times for a word it hears again may stray from the committed word's times.
+# A word of the same spelling that starts later than this after the committed one ended is a
+# new utterance of it ("No. No!"), never the old one heard again.
+REHEARD_JITTER_SAMPLES = SAMPLE_RATE // 5
 # Committed words re-heard by a new pass are matched this many at most, and only where the
 # re-heard word ends this close to where the committed one ended.
 MAX_OVERLAP_WORDS = 5
@@ -103,19 +107,20 @@ class LocalAgreementPolicy:
 
         Whisper re-hears committed words at the start of the buffer with slightly different
         times, so they are found by content first: the longest run of the committed tail that
-        the hypothesis repeats, ending near the committed end. Only without such a run are
-        words dropped by time alone.
+        the hypothesis repeats, word for word in spelling and in time, ending near the
+        committed end. Only without such a run are words dropped by time alone. Spelling alone
+        is not enough: after a pause has been trimmed away, "No!" after a committed "No." is
+        new speech, and the second blocked word must still reach the client.
         """
-        tail = [w.key for w in self._committed_tail]
+        tail = self._committed_tail
         best: tuple[int, int, int] | None = None  # (run length, -time distance, cut index)
         for cut in range(1, len(words) + 1):
             distance = abs(words[cut - 1].end - self.committed_end)
             if distance > OVERLAP_WINDOW_SAMPLES:
                 continue
             run = 0
-            while (
-                run < min(MAX_OVERLAP_WORDS, cut, len(tail))
-                and words[cut - 1 - run].key == tail[-1 - run]
+            while run < min(MAX_OVERLAP_WORDS, cut, len(tail)) and _same_utterance(
+                words[cut - 1 - run], tail[-1 - run]
             ):
                 run += 1
             if run and (best is None or (run, -distance) > best[:2]):
@@ -145,7 +150,20 @@ class LocalAgreementPolicy:
         """
         if speech_over and not self._hypothesis:
             assert result.speech_end is not None
-            # Everything heard is committed and the speaker paused: cut in the silence.
+            # Everything heard is committed and the speaker paused: cut in the silence, but
+            # before recent speech that yielded no word. Whisper often hears a word said twice
+            # ("No. No!") as once; alone in the next pass, the second one is heard. Speech
+            # that stays wordless past the deadline is noise and goes.
+            unheard = [
+                r
+                for r in result.speech
+                if r.start >= self.committed_end
+                and result.audio_end - r.end < self.deadline_samples
+                and buffer_start < r.start
+            ]
+            if unheard:
+                previous = [r.end for r in result.speech if r.end <= unheard[0].start]
+                return (max([*previous, buffer_start]) + unheard[0].start) // 2
             return max(buffer_start, min(result.speech_end, result.audio_end))
         length = result.audio_end - buffer_start
         if length <= self.trim_samples:
@@ -163,6 +181,16 @@ class LocalAgreementPolicy:
         if length > self.trim_samples + self.deadline_samples and limit > buffer_start:
             return limit
         return None
+
+
+def _same_utterance(heard: Word, committed: Word) -> bool:
+    """Whether `heard` is the committed word heard again: same normalised spelling, and the
+    two overlap in time give or take Whisper's timing jitter."""
+    return (
+        heard.key == committed.key
+        and heard.start < committed.end + REHEARD_JITTER_SAMPLES
+        and heard.end > committed.start - REHEARD_JITTER_SAMPLES
+    )
 
 
 def _common_prefix_length(previous: list[Word], current: list[Word]) -> int:

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from isweep_backend.engine import PassResult, SpeechRegion, Word, cut_repetition_loop
+import numpy as np
+import pytest
+
+from isweep_backend.engine import Engine, PassResult, SpeechRegion, Word, cut_repetition_loop
 from isweep_backend.policy import LocalAgreementPolicy
+from isweep_backend.settings import Settings
+from tests.audio_tools import FIXTURES, Pcm, read_wav
+from tests.policy_stream import stream_through_policy
 
 S = 16000
 
@@ -17,6 +23,16 @@ def result(ws: list[Word], audio_end: float, speech_end: float | None = None) ->
     return PassResult(
         words=ws, speech=[SpeechRegion(0, round(end * S))], audio_end=round(audio_end * S)
     )
+
+
+def heard(ws: list[Word], audio_end: float, speech: list[tuple[float, float]]) -> PassResult:
+    """A pass whose VAD found exactly these stretches of speech (seconds)."""
+    regions = [SpeechRegion(round(a * S), round(b * S)) for a, b in speech]
+    return PassResult(words=ws, speech=regions, audio_end=round(audio_end * S))
+
+
+def silence(seconds: float) -> Pcm:
+    return np.zeros(round(seconds * S), dtype=np.float32)
 
 
 def policy() -> LocalAgreementPolicy:
@@ -95,3 +111,57 @@ def test_repetition_loops_are_cut_after_their_first_occurrence() -> None:
     assert [w.key for w in cut_repetition_loop(looped)] == ["so", "we", "will", "go"]
     speech = words(("no", 0.0, 0.1), ("no", 0.2, 0.3), ("no", 0.4, 0.5))
     assert len(cut_repetition_loop(speech)) == 3
+
+
+def test_a_word_said_again_after_a_trimmed_pause_is_committed_again() -> None:
+    p = policy()
+    p.apply(heard(words(("no", 0.5, 0.8)), 1.0, [(0.4, 0.9)]), 0)
+    first = p.apply(heard(words(("no", 0.5, 0.8)), 1.6, [(0.4, 0.9)]), 0)
+    assert [w.key for w in first.words] == ["no"]
+    assert first.trim_to == round(0.9 * S)  # the pause is cut: the buffer holds no "no"
+    start = first.trim_to
+    # "No. No!": the same word again, the only word of the trimmed buffer. Same spelling,
+    # but it starts well after the committed "no" ended: new speech, not the old word.
+    p.apply(heard(words(("no", 1.5, 1.8)), 2.0, [(1.4, 1.9)]), start)
+    second = p.apply(heard(words(("no", 1.5, 1.8)), 2.6, [(1.4, 1.9)]), start)
+    assert [(w.key, w.start) for w in second.words] == [("no", round(1.5 * S))]
+
+
+def test_a_reheard_word_is_matched_by_spelling_and_time_together() -> None:
+    p = policy()
+    p.apply(heard(words(("no", 0.5, 0.8)), 1.0, [(0.4, 0.9)]), 0)
+    p.apply(heard(words(("no", 0.5, 0.8)), 1.6, [(0.4, 0.9)]), 0)
+    # The committed "no" heard again with Whisper's jitter, then a second "no" after a pause.
+    got = p.apply(heard(words(("no", 0.45, 0.85), ("no", 1.5, 1.8)), 2.6, [(0.4, 1.9)]), 0)
+    assert [(w.key, w.start) for w in got.words] == [("no", round(1.5 * S))]
+
+
+def test_speech_left_wordless_stays_in_the_buffer_until_the_deadline() -> None:
+    p = policy()
+    p.apply(heard(words(("selfish", 0.9, 1.6)), 2.0, [(0.8, 1.7)]), 0)
+    # VAD found a second stretch of speech, Whisper heard one "selfish" (it often hears a
+    # word said twice as once): cut in the pause before the wordless speech, keep it.
+    got = p.apply(heard(words(("selfish", 0.9, 1.6)), 4.0, [(0.8, 1.7), (2.3, 3.2)]), 0)
+    assert [w.key for w in got.words] == ["selfish"]
+    assert got.trim_to == round(2.0 * S)
+    # Still wordless once the deadline has passed: noise, cut behind it.
+    noise = p.apply(heard([], 7.5, [(2.3, 3.2)]), round(2.0 * S))
+    assert noise.trim_to == round(3.2 * S)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", [0.0, 0.25, 0.5, 0.75])
+def test_a_real_word_said_twice_after_a_pause_is_committed_twice(
+    engine: Engine, settings: Settings, phase: float
+) -> None:
+    # "selfish," as the LibriVox reader says it (sense_and_sensibility_0890, 2.78 to 3.55 s),
+    # then 0.7 s of silence, then the same word again: "Selfish. Selfish!"
+    reading, _ = read_wav(FIXTURES / "speech" / "sense_and_sensibility_0890.wav")
+    word = reading[round(2.78 * S) : round(3.55 * S)]
+    pcm = np.concatenate([silence(1.0), word, silence(0.7), word, silence(2.0)])
+    got = stream_through_policy(engine, settings, pcm, step_seconds=1.0, phase=phase)
+    assert got.texts() == ["selfish", "selfish"], got.passes
+    first, second = got.words
+    assert first.end <= second.start
+    # The second is spoken from 2.47 to 3.24 s; Whisper may stretch it into the pause before.
+    assert second.start / S <= 2.47 + 0.2 and second.end / S >= 3.24 - 0.3, second
