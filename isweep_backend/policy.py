@@ -50,6 +50,10 @@ class LocalAgreementPolicy:
         self.committed_end = 0
         self._committed_tail: list[Word] = []
         self._recent_committed: list[Word] = []  # enough for the prompt
+        # Where the buffer was last cut, if that cut fell inside speech (None: in a pause or
+        # silence, or never cut).
+        self._cut_in_speech: int | None = None
+        self._cut_at_word_edge = False  # what the last _trim_point chose
         self._hypothesis: list[Word] = []
 
     @property
@@ -57,11 +61,18 @@ class LocalAgreementPolicy:
         return list(self._hypothesis)
 
     def prompt(self, buffer_start: int) -> str:
-        """Committed text from before the buffer, as the next pass's prompt.
+        """Committed text from before the buffer, as the next pass's prompt, only while the
+        buffer starts where it was cut inside speech: the pass then hears a sentence whose
+        beginning is gone.
 
         Only text the pass will not hear: given words that are still in the buffer, Whisper
-        takes them as already said, skips them, and misplaces the rest of the timings.
+        takes them as already said, skips them, and misplaces the rest of the timings. And
+        no prompt after a pause: over a buffer that holds a speech onset or the short
+        sentence after a silence, the previous sentence's text makes Whisper continue it
+        with words that were never said ("Go forward 10 meters. Thanks.").
         """
+        if self._cut_in_speech is None or buffer_start != self._cut_in_speech:
+            return ""
         before = [w.text for w in self._recent_committed if w.end <= buffer_start]
         return "".join(before)[-PROMPT_CHARS:].lstrip()
 
@@ -70,6 +81,7 @@ class LocalAgreementPolicy:
         if result.skipped_by_vad:
             self._hypothesis = []
             decision.trim_to = max(buffer_start, result.audio_end - SILENCE_KEEP_SAMPLES)
+            self._cut_in_speech = None
             return decision
         new = self._drop_already_committed(result.words)
         agreed = _common_prefix_length(self._hypothesis, new)
@@ -100,6 +112,8 @@ class LocalAgreementPolicy:
             rest = rest[overdue:]
         self._hypothesis = rest
         decision.trim_to = self._trim_point(result, buffer_start, speech_over)
+        if decision.trim_to is not None and decision.trim_to > buffer_start:
+            self._cut_in_speech = decision.trim_to if self._cut_at_word_edge else None
         return decision
 
     def _drop_already_committed(self, words: list[Word]) -> list[Word]:
@@ -148,6 +162,7 @@ class LocalAgreementPolicy:
         committed words. Only a buffer that has no such pause and has grown past
         trim + deadline is cut at a word edge, to bound its size.
         """
+        self._cut_at_word_edge = False
         if speech_over and not self._hypothesis:
             assert result.speech_end is not None
             # Everything heard is committed and the speaker paused: cut in the silence, but
@@ -179,6 +194,7 @@ class LocalAgreementPolicy:
         if pauses and pauses[-1] > buffer_start:
             return pauses[-1]
         if length > self.trim_samples + self.deadline_samples and limit > buffer_start:
+            self._cut_at_word_edge = True
             return limit
         return None
 

@@ -91,12 +91,32 @@ def test_committed_times_never_go_backwards() -> None:
     assert starts[1] >= ends[0] and all(e >= s for s, e in zip(starts, ends, strict=True))
 
 
-def test_prompt_holds_only_text_from_before_the_buffer() -> None:
+def continuous(first: float, last: float) -> list[Word]:
+    """A word every 0.5 s, with no pause: one long sentence."""
+    count = round((last - first) / 0.5)
+    return words(*[(f"w{i}", first + 0.5 * i, first + 0.5 * i + 0.4) for i in range(count)])
+
+
+def test_prompt_holds_only_text_from_before_a_cut_inside_speech() -> None:
     p = policy()
-    p.apply(result(words(("first", 0.0, 0.5), ("second", 1.0, 1.5)), 2.0), 0)
-    p.apply(result(words(("first", 0.0, 0.5), ("second", 1.0, 1.5)), 2.5), 0)
+    speech = continuous(0.0, 13.0)
+    p.apply(heard(speech, 13.0, [(0.0, 13.0)]), 0)
+    cut = p.apply(heard(speech, 13.2, [(0.0, 13.2)]), 0)
+    # 13 s of speech without a pause: cut at the edge of the last committed word.
+    assert cut.trim_to == speech[-1].end
     assert p.prompt(buffer_start=0) == ""
-    assert p.prompt(buffer_start=S) == "first"
+    assert p.prompt(buffer_start=cut.trim_to).endswith("w24 w25")
+    assert "w25" not in p.prompt(buffer_start=speech[-1].start)  # still in that buffer
+
+
+def test_no_prompt_after_a_cut_in_a_pause() -> None:
+    p = policy()
+    p.apply(heard(words(("first", 0.0, 0.5), ("second", 1.0, 1.5)), 2.0, [(0.0, 1.6)]), 0)
+    flushed = p.apply(heard(words(("first", 0.0, 0.5), ("second", 1.0, 1.5)), 2.5, [(0, 1.6)]), 0)
+    assert flushed.trim_to == round(1.6 * S)
+    # The next pass hears a new sentence after a pause: the previous one's text would only
+    # tempt Whisper to continue it with words nobody said.
+    assert p.prompt(buffer_start=flushed.trim_to) == ""
 
 
 def test_repetition_loops_are_cut_after_their_first_occurrence() -> None:
@@ -165,3 +185,19 @@ def test_a_real_word_said_twice_after_a_pause_is_committed_twice(
     assert first.end <= second.start
     # The second is spoken from 2.47 to 3.24 s; Whisper may stretch it into the pause before.
     assert second.start / S <= 2.47 + 0.2 and second.end / S >= 3.24 - 0.3, second
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", [0.0, 0.25, 0.5, 0.75])
+def test_a_sentence_after_five_seconds_of_silence_gets_no_invented_words(
+    engine: Engine, settings: Settings, phase: float
+) -> None:
+    # A LibriVox sentence, 5 s of silence, then "go forward ten meters" (CMU's recording).
+    # With the first sentence as the prompt, tiny.en went on "Go forward 10 meters. Thanks."
+    # (or "So."): a word nobody said, committed at the end of the short new sentence.
+    first, _ = read_wav(FIXTURES / "speech" / "sense_and_sensibility_0870.wav")
+    second, _ = read_wav(FIXTURES / "speech" / "goforward.wav")
+    pcm = np.concatenate([first, silence(5.0), second, silence(2.0)])
+    got = stream_through_policy(engine, settings, pcm, step_seconds=1.0, phase=phase)
+    after = [w.key for w in got.words if w.start >= first.size + 5 * S]
+    assert after == ["go", "forward", "10", "meters"], got.passes[-6:]
