@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from isweep_backend.engine import Engine, PassResult, SpeechRegion, Word, cut_repetition_loop
 from isweep_backend.policy import LocalAgreementPolicy
@@ -201,3 +207,100 @@ def test_a_sentence_after_five_seconds_of_silence_gets_no_invented_words(
     got = stream_through_policy(engine, settings, pcm, step_seconds=1.0, phase=phase)
     after = [w.key for w in got.words if w.start >= first.size + 5 * S]
     assert after == ["go", "forward", "10", "meters"], got.passes[-6:]
+
+
+# --- property: passes over a simulated speaker -------------------------------------------------
+
+_VOCAB = ["no", "go", "stop", "the", "cat"]  # few words, so words repeat, as "No. No!" does
+JITTER = 0.05  # seconds Whisper's word edges stray, at most
+
+
+@dataclass(frozen=True)
+class Spoken:
+    key: str
+    start: float
+    end: float
+
+
+def speaker(data: st.DataObject) -> list[Spoken]:
+    """Words on a timeline: pauses from 0.05 s (one stretch of VAD speech) to 2 s (trims)."""
+    spoken: list[Spoken] = []
+    t = data.draw(st.floats(0.0, 1.0))
+    for _ in range(data.draw(st.integers(1, 14))):
+        t += data.draw(st.sampled_from([0.05, 0.2, 0.4, 0.8, 1.2, 2.0]))
+        length = data.draw(st.floats(0.15, 0.5))
+        spoken.append(Spoken(data.draw(st.sampled_from(_VOCAB)), t, t + length))
+        t += length
+    return spoken
+
+
+def vad(spoken: list[Spoken], start: float, end: float) -> list[tuple[float, float]]:
+    """Silero's view of the buffer: words closer than 0.3 s merge, 0.1 s of padding."""
+    regions: list[list[float]] = []
+    for w in spoken:
+        if w.end <= start or w.start >= end:
+            continue
+        a, b = max(start, w.start - 0.1), min(end, w.end + 0.1)
+        if regions and a - regions[-1][1] < 0.3:
+            regions[-1][1] = b
+        else:
+            regions.append([a, b])
+    return [(a, b) for a, b in regions]
+
+
+def whisper(data: st.DataObject, spoken: list[Spoken], start: float, end: float) -> list[Word]:
+    """One pass's words: each word wholly in the buffer, edges jittered; sometimes a word is
+    missed, a word said twice is heard once, or a word cut by the buffer end is misheard."""
+    heard: list[Word] = []
+    for w in spoken:
+        if w.start < start or w.start >= end:
+            continue
+        key = w.key
+        if w.end > end:
+            key = data.draw(st.sampled_from([w.key, w.key + "x"]))
+        elif data.draw(st.integers(0, 9)) == 0:
+            continue  # missed
+        if heard and heard[-1].key == key and data.draw(st.booleans()):
+            continue  # "no, no" heard as one "no"
+        a = max(start, w.start + data.draw(st.floats(-JITTER, JITTER)))
+        b = min(end, max(a, w.end + data.draw(st.floats(-JITTER, JITTER))))
+        heard.append(Word(" " + key, round(a * S), round(b * S), data.draw(st.floats(0, 1))))
+    return heard
+
+
+def utterance_of(word: Word, spoken: list[Spoken]) -> int:
+    """The spoken word a committed one stands for: same spelling, nearest end."""
+    same = [i for i, w in enumerate(spoken) if w.key == word.key]
+    assert same, word
+    return min(same, key=lambda i: abs(spoken[i].end - word.end / S))
+
+
+@given(st.data())
+@hsettings(max_examples=300, deadline=None, derandomize=True)
+def test_committed_words_are_ordered_final_and_each_utterance_once(data: st.DataObject) -> None:
+    spoken = speaker(data)
+    p = policy()
+    committed: list[Word] = []
+    buffer_start = 0
+    end = 0.0
+    while end < spoken[-1].end + 2.0:
+        end += data.draw(st.sampled_from([0.3, 0.5, 1.0, 1.5]))
+        start = buffer_start / S
+        regions = vad(spoken, start, end)
+        ws = whisper(data, spoken, start, end) if regions else []
+        result = heard(ws, end, regions)
+        result.skipped_by_vad = not regions
+        decision = p.apply(result, buffer_start)
+        committed += decision.words
+        if decision.trim_to is not None:
+            assert buffer_start <= decision.trim_to <= result.audio_end
+            buffer_start = decision.trim_to
+    # In time order, never revisited.
+    for before, after in itertools.pairwise(committed):
+        assert before.end <= after.start, committed
+    assert all(w.start <= w.end for w in committed)
+    assert p.committed_end == (committed[-1].end if committed else 0)
+    # No word twice, unless it was said twice.
+    real = [w for w in committed if not w.key.endswith("x")]
+    said = [utterance_of(w, spoken) for w in real]
+    assert len(said) == len(set(said)), (real, spoken)
