@@ -222,13 +222,18 @@ class Spoken:
     end: float
 
 
-def speaker(data: st.DataObject) -> list[Spoken]:
+def speaker(
+    data: st.DataObject,
+    words: int = 14,
+    pauses: tuple[float, ...] = (0.05, 0.2, 0.4, 0.8, 1.2, 2.0),
+    longest: float = 0.5,
+) -> list[Spoken]:
     """Words on a timeline: pauses from 0.05 s (one stretch of VAD speech) to 2 s (trims)."""
     spoken: list[Spoken] = []
     t = data.draw(st.floats(0.0, 1.0))
-    for _ in range(data.draw(st.integers(1, 14))):
-        t += data.draw(st.sampled_from([0.05, 0.2, 0.4, 0.8, 1.2, 2.0]))
-        length = data.draw(st.floats(0.15, 0.5))
+    for _ in range(data.draw(st.integers(1, words))):
+        t += data.draw(st.sampled_from(pauses))
+        length = data.draw(st.floats(0.15, longest))
         spoken.append(Spoken(data.draw(st.sampled_from(_VOCAB)), t, t + length))
         t += length
     return spoken
@@ -278,7 +283,21 @@ def utterance_of(word: Word, spoken: list[Spoken]) -> int:
 @given(st.data())
 @hsettings(max_examples=300, deadline=None, derandomize=True)
 def test_committed_words_are_ordered_final_and_each_utterance_once(data: st.DataObject) -> None:
-    spoken = speaker(data)
+    check_passes_over(data, speaker(data))
+
+
+@given(st.data())
+@hsettings(max_examples=40, deadline=None, derandomize=True)
+def test_long_speech_without_pauses_is_cut_and_each_utterance_committed_once(
+    data: st.DataObject,
+) -> None:
+    # 10 to 20 s with no pause that ends speech: the buffer outgrows trim_seconds and is cut
+    # in a short pause or, failing that, at a word edge.
+    spoken = speaker(data, words=20, pauses=(0.05, 0.05, 0.05, 0.35), longest=1.0)
+    check_passes_over(data, spoken)
+
+
+def check_passes_over(data: st.DataObject, spoken: list[Spoken]) -> None:
     p = policy()
     committed: list[Word] = []
     buffer_start = 0
