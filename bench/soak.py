@@ -71,7 +71,6 @@ TIMELINE_SECONDS = 10.0  # the --overload timeline
 # The last sentence of a capture ends at least this long before the capture does (the rest is
 # silence), so the end-of-speech flush can commit it before the capture ends.
 FLUSH_MARGIN_SECONDS = 1.5
-DUPLICATE_INTERVAL_SECONDS = 1.0
 DEFAULT_RETRY_AFTER_SECONDS = 2.0
 MIN_RETRY_CAPTURE_SECONDS = 10.0  # a refused session tries again only if this much run is left
 SLOW_STREAK = 3  # three slow round trips in a row make the extension restart its recorder
@@ -233,7 +232,6 @@ class Run:
     url: str
     t0: float  # loop time of run time 0
     blob_seconds: float
-    tail_polls: int
     retry: bool
     attempts: list[Attempt] = field(default_factory=list)
 
@@ -288,16 +286,6 @@ async def run_attempt(run: Run, plan: Plan, attempt: Attempt) -> None:
             break
         tasks.append(asyncio.create_task(post(run, plan, attempt, seq, False, at)))
         attempt.sent_blobs += 1
-    if attempt.sent_blobs:
-        # No end-of-stream message exists: re-send the last seq (a no-op for the audio) to
-        # collect the words committed after the last blob.
-        last = attempt.sent_blobs - 1
-        for k in range(1, run.tail_polls + 1):
-            at = attempt.start + last * run.blob_seconds + k * DUPLICATE_INTERVAL_SECONDS
-            await sleep_until(loop, run.t0 + at)
-            if attempt.refusal is not None:
-                break
-            tasks.append(asyncio.create_task(post(run, plan, attempt, last, True, at)))
     await asyncio.gather(*tasks)
 
 
@@ -672,7 +660,6 @@ async def main_async(args: argparse.Namespace) -> int:
                 url,
                 loop.time() + 1.0,
                 args.blob_seconds,
-                args.tail_polls,
                 retry=not args.no_retry,
             )
             samples.append(await take_sample(run, server, 0.0))  # after ready, before traffic
@@ -1148,12 +1135,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--blob-seconds", type=float, default=1.0)
     p.add_argument(
-        "--tail-polls",
-        type=int,
-        default=2,
-        help="after the last blob, re-send its seq this many times, 1 s apart",
-    )
-    p.add_argument(
         "--no-eviction-wait",
         action="store_true",
         help="with --start-server, do not wait for the sessions' TTL eviction to read the RSS",
@@ -1171,14 +1152,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.sessions = 12 if args.overload else 4
     if args.ramp_seconds is None:
         args.ramp_seconds = 5.0 if args.overload else args.blob_seconds / args.sessions
-    if (
-        args.sessions < 1
-        or args.minutes <= 0
-        or args.blob_seconds <= 0
-        or args.tail_polls < 0
-        or args.ramp_seconds < 0
-    ):
-        p.error("--sessions >= 1; --minutes, --blob-seconds > 0; --tail-polls, --ramp-seconds >= 0")
+    if args.sessions < 1 or args.minutes <= 0 or args.blob_seconds <= 0 or args.ramp_seconds < 0:
+        p.error("--sessions >= 1; --minutes, --blob-seconds > 0; --ramp-seconds >= 0")
     if args.overload and (args.sessions - 1) * args.ramp_seconds >= args.minutes * 60:
         p.error("with --overload every session must start within --minutes")
     return args

@@ -15,6 +15,10 @@ from .engine import SAMPLE_RATE, PassResult, Word
 
 # A new word starting this much before the last committed end is the same word heard again.
 REHEARD_TOLERANCE_SAMPLES = SAMPLE_RATE // 10
+# How far Whisper's times for a word it hears again may stray from the committed word's times.
+# A word of the same spelling that starts later than this after the committed one ended is a
+# new utterance of it ("No. No!"), never the old one heard again.
+REHEARD_JITTER_SAMPLES = SAMPLE_RATE // 5
 # Committed words re-heard by a new pass are matched this many at most, and only where the
 # re-heard word ends this close to where the committed one ended.
 MAX_OVERLAP_WORDS = 5
@@ -46,6 +50,10 @@ class LocalAgreementPolicy:
         self.committed_end = 0
         self._committed_tail: list[Word] = []
         self._recent_committed: list[Word] = []  # enough for the prompt
+        # Where the buffer was last cut, if that cut fell inside speech (None: in a pause or
+        # silence, or never cut).
+        self._cut_in_speech: int | None = None
+        self._cut_at_word_edge = False  # what the last _trim_point chose
         self._hypothesis: list[Word] = []
 
     @property
@@ -53,11 +61,18 @@ class LocalAgreementPolicy:
         return list(self._hypothesis)
 
     def prompt(self, buffer_start: int) -> str:
-        """Committed text from before the buffer, as the next pass's prompt.
+        """Committed text from before the buffer, as the next pass's prompt, only while the
+        buffer starts where it was cut inside speech: the pass then hears a sentence whose
+        beginning is gone.
 
         Only text the pass will not hear: given words that are still in the buffer, Whisper
-        takes them as already said, skips them, and misplaces the rest of the timings.
+        takes them as already said, skips them, and misplaces the rest of the timings. And
+        no prompt after a pause: over a buffer that holds a speech onset or the short
+        sentence after a silence, the previous sentence's text makes Whisper continue it
+        with words that were never said ("Go forward 10 meters. Thanks.").
         """
+        if self._cut_in_speech is None or buffer_start != self._cut_in_speech:
+            return ""
         before = [w.text for w in self._recent_committed if w.end <= buffer_start]
         return "".join(before)[-PROMPT_CHARS:].lstrip()
 
@@ -66,6 +81,7 @@ class LocalAgreementPolicy:
         if result.skipped_by_vad:
             self._hypothesis = []
             decision.trim_to = max(buffer_start, result.audio_end - SILENCE_KEEP_SAMPLES)
+            self._cut_in_speech = None
             return decision
         new = self._drop_already_committed(result.words)
         agreed = _common_prefix_length(self._hypothesis, new)
@@ -96,6 +112,8 @@ class LocalAgreementPolicy:
             rest = rest[overdue:]
         self._hypothesis = rest
         decision.trim_to = self._trim_point(result, buffer_start, speech_over)
+        if decision.trim_to is not None and decision.trim_to > buffer_start:
+            self._cut_in_speech = decision.trim_to if self._cut_at_word_edge else None
         return decision
 
     def _drop_already_committed(self, words: list[Word]) -> list[Word]:
@@ -103,19 +121,20 @@ class LocalAgreementPolicy:
 
         Whisper re-hears committed words at the start of the buffer with slightly different
         times, so they are found by content first: the longest run of the committed tail that
-        the hypothesis repeats, ending near the committed end. Only without such a run are
-        words dropped by time alone.
+        the hypothesis repeats, word for word in spelling and in time, ending near the
+        committed end. Only without such a run are words dropped by time alone. Spelling alone
+        is not enough: after a pause has been trimmed away, "No!" after a committed "No." is
+        new speech, and the second blocked word must still reach the client.
         """
-        tail = [w.key for w in self._committed_tail]
+        tail = self._committed_tail
         best: tuple[int, int, int] | None = None  # (run length, -time distance, cut index)
         for cut in range(1, len(words) + 1):
             distance = abs(words[cut - 1].end - self.committed_end)
             if distance > OVERLAP_WINDOW_SAMPLES:
                 continue
             run = 0
-            while (
-                run < min(MAX_OVERLAP_WORDS, cut, len(tail))
-                and words[cut - 1 - run].key == tail[-1 - run]
+            while run < min(MAX_OVERLAP_WORDS, cut, len(tail)) and _same_utterance(
+                words[cut - 1 - run], tail[-1 - run]
             ):
                 run += 1
             if run and (best is None or (run, -distance) > best[:2]):
@@ -143,9 +162,23 @@ class LocalAgreementPolicy:
         committed words. Only a buffer that has no such pause and has grown past
         trim + deadline is cut at a word edge, to bound its size.
         """
+        self._cut_at_word_edge = False
         if speech_over and not self._hypothesis:
             assert result.speech_end is not None
-            # Everything heard is committed and the speaker paused: cut in the silence.
+            # Everything heard is committed and the speaker paused: cut in the silence, but
+            # before recent speech that yielded no word. Whisper often hears a word said twice
+            # ("No. No!") as once; alone in the next pass, the second one is heard. Speech
+            # that stays wordless past the deadline is noise and goes.
+            unheard = [
+                r
+                for r in result.speech
+                if r.start >= self.committed_end
+                and result.audio_end - r.end < self.deadline_samples
+                and buffer_start < r.start
+            ]
+            if unheard:
+                previous = [r.end for r in result.speech if r.end <= unheard[0].start]
+                return (max([*previous, buffer_start]) + unheard[0].start) // 2
             return max(buffer_start, min(result.speech_end, result.audio_end))
         length = result.audio_end - buffer_start
         if length <= self.trim_samples:
@@ -161,8 +194,19 @@ class LocalAgreementPolicy:
         if pauses and pauses[-1] > buffer_start:
             return pauses[-1]
         if length > self.trim_samples + self.deadline_samples and limit > buffer_start:
+            self._cut_at_word_edge = True
             return limit
         return None
+
+
+def _same_utterance(heard: Word, committed: Word) -> bool:
+    """Whether `heard` is the committed word heard again: same normalised spelling, and the
+    two overlap in time give or take Whisper's timing jitter."""
+    return (
+        heard.key == committed.key
+        and heard.start < committed.end + REHEARD_JITTER_SAMPLES
+        and heard.end > committed.start - REHEARD_JITTER_SAMPLES
+    )
 
 
 def _common_prefix_length(previous: list[Word], current: list[Word]) -> int:

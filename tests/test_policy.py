@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
-from isweep_backend.engine import PassResult, SpeechRegion, Word, cut_repetition_loop
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from isweep_backend.engine import Engine, PassResult, SpeechRegion, Word, cut_repetition_loop
 from isweep_backend.policy import LocalAgreementPolicy
+from isweep_backend.settings import Settings
+from tests.audio_tools import FIXTURES, Pcm, read_wav
+from tests.policy_stream import stream_through_policy
 
 S = 16000
 
@@ -17,6 +29,16 @@ def result(ws: list[Word], audio_end: float, speech_end: float | None = None) ->
     return PassResult(
         words=ws, speech=[SpeechRegion(0, round(end * S))], audio_end=round(audio_end * S)
     )
+
+
+def heard(ws: list[Word], audio_end: float, speech: list[tuple[float, float]]) -> PassResult:
+    """A pass whose VAD found exactly these stretches of speech (seconds)."""
+    regions = [SpeechRegion(round(a * S), round(b * S)) for a, b in speech]
+    return PassResult(words=ws, speech=regions, audio_end=round(audio_end * S))
+
+
+def silence(seconds: float) -> Pcm:
+    return np.zeros(round(seconds * S), dtype=np.float32)
 
 
 def policy() -> LocalAgreementPolicy:
@@ -75,12 +97,32 @@ def test_committed_times_never_go_backwards() -> None:
     assert starts[1] >= ends[0] and all(e >= s for s, e in zip(starts, ends, strict=True))
 
 
-def test_prompt_holds_only_text_from_before_the_buffer() -> None:
+def continuous(first: float, last: float) -> list[Word]:
+    """A word every 0.5 s, with no pause: one long sentence."""
+    count = round((last - first) / 0.5)
+    return words(*[(f"w{i}", first + 0.5 * i, first + 0.5 * i + 0.4) for i in range(count)])
+
+
+def test_prompt_holds_only_text_from_before_a_cut_inside_speech() -> None:
     p = policy()
-    p.apply(result(words(("first", 0.0, 0.5), ("second", 1.0, 1.5)), 2.0), 0)
-    p.apply(result(words(("first", 0.0, 0.5), ("second", 1.0, 1.5)), 2.5), 0)
+    speech = continuous(0.0, 13.0)
+    p.apply(heard(speech, 13.0, [(0.0, 13.0)]), 0)
+    cut = p.apply(heard(speech, 13.2, [(0.0, 13.2)]), 0)
+    # 13 s of speech without a pause: cut at the edge of the last committed word.
+    assert cut.trim_to == speech[-1].end
     assert p.prompt(buffer_start=0) == ""
-    assert p.prompt(buffer_start=S) == "first"
+    assert p.prompt(buffer_start=cut.trim_to).endswith("w24 w25")
+    assert "w25" not in p.prompt(buffer_start=speech[-1].start)  # still in that buffer
+
+
+def test_no_prompt_after_a_cut_in_a_pause() -> None:
+    p = policy()
+    p.apply(heard(words(("first", 0.0, 0.5), ("second", 1.0, 1.5)), 2.0, [(0.0, 1.6)]), 0)
+    flushed = p.apply(heard(words(("first", 0.0, 0.5), ("second", 1.0, 1.5)), 2.5, [(0, 1.6)]), 0)
+    assert flushed.trim_to == round(1.6 * S)
+    # The next pass hears a new sentence after a pause: the previous one's text would only
+    # tempt Whisper to continue it with words nobody said.
+    assert p.prompt(buffer_start=flushed.trim_to) == ""
 
 
 def test_repetition_loops_are_cut_after_their_first_occurrence() -> None:
@@ -95,3 +137,189 @@ def test_repetition_loops_are_cut_after_their_first_occurrence() -> None:
     assert [w.key for w in cut_repetition_loop(looped)] == ["so", "we", "will", "go"]
     speech = words(("no", 0.0, 0.1), ("no", 0.2, 0.3), ("no", 0.4, 0.5))
     assert len(cut_repetition_loop(speech)) == 3
+
+
+def test_a_word_said_again_after_a_trimmed_pause_is_committed_again() -> None:
+    p = policy()
+    p.apply(heard(words(("no", 0.5, 0.8)), 1.0, [(0.4, 0.9)]), 0)
+    first = p.apply(heard(words(("no", 0.5, 0.8)), 1.6, [(0.4, 0.9)]), 0)
+    assert [w.key for w in first.words] == ["no"]
+    assert first.trim_to == round(0.9 * S)  # the pause is cut: the buffer holds no "no"
+    start = first.trim_to
+    # "No. No!": the same word again, the only word of the trimmed buffer. Same spelling,
+    # but it starts well after the committed "no" ended: new speech, not the old word.
+    p.apply(heard(words(("no", 1.5, 1.8)), 2.0, [(1.4, 1.9)]), start)
+    second = p.apply(heard(words(("no", 1.5, 1.8)), 2.6, [(1.4, 1.9)]), start)
+    assert [(w.key, w.start) for w in second.words] == [("no", round(1.5 * S))]
+
+
+def test_a_reheard_word_is_matched_by_spelling_and_time_together() -> None:
+    p = policy()
+    p.apply(heard(words(("no", 0.5, 0.8)), 1.0, [(0.4, 0.9)]), 0)
+    p.apply(heard(words(("no", 0.5, 0.8)), 1.6, [(0.4, 0.9)]), 0)
+    # The committed "no" heard again with Whisper's jitter, then a second "no" after a pause.
+    got = p.apply(heard(words(("no", 0.45, 0.85), ("no", 1.5, 1.8)), 2.6, [(0.4, 1.9)]), 0)
+    assert [(w.key, w.start) for w in got.words] == [("no", round(1.5 * S))]
+
+
+def test_speech_left_wordless_stays_in_the_buffer_until_the_deadline() -> None:
+    p = policy()
+    p.apply(heard(words(("selfish", 0.9, 1.6)), 2.0, [(0.8, 1.7)]), 0)
+    # VAD found a second stretch of speech, Whisper heard one "selfish" (it often hears a
+    # word said twice as once): cut in the pause before the wordless speech, keep it.
+    got = p.apply(heard(words(("selfish", 0.9, 1.6)), 4.0, [(0.8, 1.7), (2.3, 3.2)]), 0)
+    assert [w.key for w in got.words] == ["selfish"]
+    assert got.trim_to == round(2.0 * S)
+    # Still wordless once the deadline has passed: noise, cut behind it.
+    noise = p.apply(heard([], 7.5, [(2.3, 3.2)]), round(2.0 * S))
+    assert noise.trim_to == round(3.2 * S)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", [0.0, 0.25, 0.5, 0.75])
+def test_a_real_word_said_twice_after_a_pause_is_committed_twice(
+    engine: Engine, settings: Settings, phase: float
+) -> None:
+    # "selfish," as the LibriVox reader says it (sense_and_sensibility_0890, 2.78 to 3.55 s),
+    # then 0.7 s of silence, then the same word again: "Selfish. Selfish!"
+    reading, _ = read_wav(FIXTURES / "speech" / "sense_and_sensibility_0890.wav")
+    word = reading[round(2.78 * S) : round(3.55 * S)]
+    pcm = np.concatenate([silence(1.0), word, silence(0.7), word, silence(2.0)])
+    got = stream_through_policy(engine, settings, pcm, step_seconds=1.0, phase=phase)
+    assert got.texts() == ["selfish", "selfish"], got.passes
+    first, second = got.words
+    assert first.end <= second.start
+    # The second is spoken from 2.47 to 3.24 s; Whisper may stretch it into the pause before.
+    assert second.start / S <= 2.47 + 0.2 and second.end / S >= 3.24 - 0.3, second
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", [0.0, 0.25, 0.5, 0.75])
+def test_a_sentence_after_five_seconds_of_silence_gets_no_invented_words(
+    engine: Engine, settings: Settings, phase: float
+) -> None:
+    # A LibriVox sentence, 5 s of silence, then "go forward ten meters" (CMU's recording).
+    # With the first sentence as the prompt, tiny.en went on "Go forward 10 meters. Thanks."
+    # (or "So."): a word nobody said, committed at the end of the short new sentence.
+    first, _ = read_wav(FIXTURES / "speech" / "sense_and_sensibility_0870.wav")
+    second, _ = read_wav(FIXTURES / "speech" / "goforward.wav")
+    pcm = np.concatenate([first, silence(5.0), second, silence(2.0)])
+    got = stream_through_policy(engine, settings, pcm, step_seconds=1.0, phase=phase)
+    after = [w.key for w in got.words if w.start >= first.size + 5 * S]
+    assert after == ["go", "forward", "10", "meters"], got.passes[-6:]
+
+
+# --- property: passes over a simulated speaker -------------------------------------------------
+
+_VOCAB = ["no", "go", "stop", "the", "cat"]  # few words, so words repeat, as "No. No!" does
+JITTER = 0.05  # seconds Whisper's word edges stray, at most
+
+
+@dataclass(frozen=True)
+class Spoken:
+    key: str
+    start: float
+    end: float
+
+
+def speaker(
+    data: st.DataObject,
+    words: int = 14,
+    pauses: tuple[float, ...] = (0.05, 0.2, 0.4, 0.8, 1.2, 2.0),
+    longest: float = 0.5,
+) -> list[Spoken]:
+    """Words on a timeline: pauses from 0.05 s (one stretch of VAD speech) to 2 s (trims)."""
+    spoken: list[Spoken] = []
+    t = data.draw(st.floats(0.0, 1.0))
+    for _ in range(data.draw(st.integers(1, words))):
+        t += data.draw(st.sampled_from(pauses))
+        length = data.draw(st.floats(0.15, longest))
+        spoken.append(Spoken(data.draw(st.sampled_from(_VOCAB)), t, t + length))
+        t += length
+    return spoken
+
+
+def vad(spoken: list[Spoken], start: float, end: float) -> list[tuple[float, float]]:
+    """Silero's view of the buffer: words closer than 0.3 s merge, 0.1 s of padding."""
+    regions: list[list[float]] = []
+    for w in spoken:
+        if w.end <= start or w.start >= end:
+            continue
+        a, b = max(start, w.start - 0.1), min(end, w.end + 0.1)
+        if regions and a - regions[-1][1] < 0.3:
+            regions[-1][1] = b
+        else:
+            regions.append([a, b])
+    return [(a, b) for a, b in regions]
+
+
+def whisper(data: st.DataObject, spoken: list[Spoken], start: float, end: float) -> list[Word]:
+    """One pass's words: each word wholly in the buffer, edges jittered; sometimes a word is
+    missed, a word said twice is heard once, or a word cut by the buffer end is misheard."""
+    heard: list[Word] = []
+    for w in spoken:
+        if w.start < start or w.start >= end:
+            continue
+        key = w.key
+        if w.end > end:
+            key = data.draw(st.sampled_from([w.key, w.key + "x"]))
+        elif data.draw(st.integers(0, 9)) == 0:
+            continue  # missed
+        if heard and heard[-1].key == key and data.draw(st.booleans()):
+            continue  # "no, no" heard as one "no"
+        a = max(start, w.start + data.draw(st.floats(-JITTER, JITTER)))
+        b = min(end, max(a, w.end + data.draw(st.floats(-JITTER, JITTER))))
+        heard.append(Word(" " + key, round(a * S), round(b * S), data.draw(st.floats(0, 1))))
+    return heard
+
+
+def utterance_of(word: Word, spoken: list[Spoken]) -> int:
+    """The spoken word a committed one stands for: same spelling, nearest end."""
+    same = [i for i, w in enumerate(spoken) if w.key == word.key]
+    assert same, word
+    return min(same, key=lambda i: abs(spoken[i].end - word.end / S))
+
+
+@given(st.data())
+@hsettings(max_examples=300, deadline=None, derandomize=True)
+def test_committed_words_are_ordered_final_and_each_utterance_once(data: st.DataObject) -> None:
+    check_passes_over(data, speaker(data))
+
+
+@given(st.data())
+@hsettings(max_examples=40, deadline=None, derandomize=True)
+def test_long_speech_without_pauses_is_cut_and_each_utterance_committed_once(
+    data: st.DataObject,
+) -> None:
+    # 10 to 20 s with no pause that ends speech: the buffer outgrows trim_seconds and is cut
+    # in a short pause or, failing that, at a word edge.
+    spoken = speaker(data, words=20, pauses=(0.05, 0.05, 0.05, 0.35), longest=1.0)
+    check_passes_over(data, spoken)
+
+
+def check_passes_over(data: st.DataObject, spoken: list[Spoken]) -> None:
+    p = policy()
+    committed: list[Word] = []
+    buffer_start = 0
+    end = 0.0
+    while end < spoken[-1].end + 2.0:
+        end += data.draw(st.sampled_from([0.3, 0.5, 1.0, 1.5]))
+        start = buffer_start / S
+        regions = vad(spoken, start, end)
+        ws = whisper(data, spoken, start, end) if regions else []
+        result = heard(ws, end, regions)
+        result.skipped_by_vad = not regions
+        decision = p.apply(result, buffer_start)
+        committed += decision.words
+        if decision.trim_to is not None:
+            assert buffer_start <= decision.trim_to <= result.audio_end
+            buffer_start = decision.trim_to
+    # In time order, never revisited.
+    for before, after in itertools.pairwise(committed):
+        assert before.end <= after.start, committed
+    assert all(w.start <= w.end for w in committed)
+    assert p.committed_end == (committed[-1].end if committed else 0)
+    # No word twice, unless it was said twice.
+    real = [w for w in committed if not w.key.endswith("x")]
+    said = [utterance_of(w, spoken) for w in real]
+    assert len(said) == len(set(said)), (real, spoken)
