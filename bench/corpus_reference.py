@@ -15,6 +15,7 @@ import argparse
 import json
 import statistics
 import wave
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,10 @@ from isweep_backend.models import resolve_model
 
 MODEL = "tiny.en"
 CUT_WORD_SECONDS = 0.1
-MIN_ALIKE = 0.9  # Opus at 128 kbit/s keeps speech's waveform: a true match scores ~0.99
+MIN_ALIKE = 0.9
+FRAME = SAMPLE_RATE // 100  # 10 ms
+LOUD_FRACTION = 0.015  # of the clip's loudest frame's RMS: -36 dB keeps soft consonants
+EDGE_MARGIN_SECONDS = 0.06  # Opus at 128 kbit/s keeps speech's waveform: a true match scores ~0.99
 
 
 def load_model(name: str) -> Any:
@@ -52,6 +56,49 @@ def transcribe(model: Any, pcm: np.ndarray, words: bool) -> tuple[str, list[Any]
     segments = list(segments)
     text = " ".join(s.text.strip() for s in segments)
     return text, [w for s in segments for w in (s.words or [])]
+
+
+@dataclass(frozen=True)
+class TimedWord:
+    word: str
+    start: float
+    end: float
+    probability: float
+
+
+def loud_frames(pcm: np.ndarray) -> np.ndarray:
+    """Per 10 ms frame: louder than LOUD_FRACTION of the clip's loudest frame."""
+    n = pcm.size // FRAME
+    rms = np.sqrt((pcm[: n * FRAME].astype(np.float64).reshape(n, FRAME) ** 2).mean(axis=1))
+    return np.asarray(rms > rms.max() * LOUD_FRACTION)
+
+
+def fit_to_speech(loud: np.ndarray, start: float, end: float) -> tuple[float, float]:
+    """Whisper stretches a word next to a pause into the pause (by up to ~1.5 s): pull its
+    ends in to the first and last loud frame inside it, with a margin for soft edges."""
+    a, b = int(start * 100), int(np.ceil(end * 100))
+    inside = np.flatnonzero(loud[a:b])
+    if inside.size == 0:
+        return start, end  # no loud frame at all: leave Whisper's guess
+    new_start = max(start, (a + inside[0]) / 100 - EDGE_MARGIN_SECONDS)
+    new_end = min(end, (a + inside[-1] + 1) / 100 + EDGE_MARGIN_SECONDS)
+    return new_start, max(new_end, new_start + 0.01)
+
+
+def clip_words(model: Any, source: np.ndarray, clips: list[dict[str, Any]]) -> list[TimedWord]:
+    """Each clip transcribed on its own (short, all speech: Whisper times words better than
+    across long silences), its words fitted to the speech and placed on the recording."""
+    out = []
+    for clip in clips:
+        lo, hi = round(clip["start_s"] * SAMPLE_RATE), round(clip["end_s"] * SAMPLE_RATE)
+        pcm = source[lo:hi]
+        loud = loud_frames(pcm)
+        for w in transcribe(model, pcm, words=True)[1]:
+            start, end = fit_to_speech(loud, w.start, w.end)
+            out.append(
+                TimedWord(w.word, start + clip["start_s"], end + clip["start_s"], w.probability)
+            )
+    return out
 
 
 def read_source(path: Path) -> np.ndarray:
@@ -165,11 +212,14 @@ def add_reference(name: str, sources: Path, model: Any) -> None:
     source = read_source(sources / f"{name}.wav")
     session, starts = session_audio(recording)
     offsets = stream_offsets(session, starts, source, meta)
-    text, words = transcribe(model, source, words=True)
+    text, _ = transcribe(model, source, words=False)
+    words = clip_words(model, source, meta["clips"])
     sent_text, _ = transcribe(model, session, words=False)
     placed = [place_word(w, offsets, index["recorder_started_at_seconds"]) for w in words]
     index["reference"] = {
-        "model": f"{MODEL} int8, greedy, word_timestamps, no VAD, condition_on_previous_text off",
+        "model": f"{MODEL} int8, greedy, word_timestamps, no VAD, condition_on_previous_text "
+        "off; words from each clip on its own, ends fitted to the clip's loud frames",
+        "text": " ".join(w.word.strip() for w in words),
         "stream_offsets": offsets,
         "session_seconds": session.size / SAMPLE_RATE,
         "offline": {

@@ -24,6 +24,9 @@ class Token:
     text: str
     end_seconds: float  # on the session's audio timeline
     at_seconds: float  # reference: when its audio ended; delivered: when its response arrived
+    # Reference only: a word cut by a restart's dropped blob. Carrying it is not invented,
+    # missing it is not lost, and it has no lag.
+    optional: bool = False
 
 
 @dataclass
@@ -39,9 +42,14 @@ class Score:
     streamed_text: str = ""
 
 
-def reference_tokens(words: Sequence[tuple[str, float, float]]) -> list[Token]:
-    """(text, session end, audio end) per reference word -> tokens."""
-    return [Token(t, end, at) for text, end, at in words for t in textnorm.tokens(text)]
+def reference_tokens(words: Sequence[tuple[str, float, float, bool]]) -> list[Token]:
+    """(text, session end, audio end, sent) per reference word -> tokens; a word not (wholly)
+    sent is optional."""
+    return [
+        Token(t, end, at, optional=not sent)
+        for text, end, at, sent in words
+        for t in textnorm.tokens(text)
+    ]
 
 
 def extension_keeps(
@@ -130,7 +138,9 @@ def score(
     invented and twice-delivered tokens. An inserted token is `twice` when a reference token
     of the same text within `tolerance` was already carried by another delivered token."""
     result = Score(
-        reference=len(ref), delivered=len(delivered), dropped_by_client=dropped_by_client
+        reference=sum(not t.optional for t in ref),
+        delivered=len(delivered),
+        dropped_by_client=dropped_by_client,
     )
     result.streamed_text = " ".join(t.text for t in delivered)
     carried: set[int] = set()
@@ -138,10 +148,12 @@ def score(
     for i, j in align(ref, delivered, tolerance):
         if i is not None and j is not None:
             carried.add(i)
+            if ref[i].optional:
+                continue
             result.lags.append(delivered[j].at_seconds - ref[i].at_seconds)
             if ref[i].text != delivered[j].text:
                 result.substituted += 1
-        elif i is not None:
+        elif i is not None and not ref[i].optional:
             result.lost.append(ref[i])
         elif j is not None:
             inserted.append(delivered[j])

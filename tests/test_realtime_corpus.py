@@ -129,7 +129,7 @@ def test_normaliser_makes_spoken_forms_equal() -> None:
 
 def ref(*words: tuple[str, float]) -> list[scoring.Token]:
     """Reference words (text, end on the session timeline); their audio ends at the same time."""
-    return scoring.reference_tokens([(text, end, end) for text, end in words])
+    return scoring.reference_tokens([(text, end, end, True) for text, end in words])
 
 
 def got(*words: tuple[str, float, float]) -> list[scoring.Token]:
@@ -202,3 +202,13 @@ def test_the_extension_drops_segments_that_go_back_in_time() -> None:
     assert [t.text for t in kept] == ["one", "two", "three", "four"]
     assert [t.at_seconds for t in kept] == [2.0, 2.0, 3.0, 4.0]
     assert dropped == 2
+
+
+def test_a_word_cut_by_a_restart_is_neither_lost_nor_invented() -> None:
+    words = [("thy", 20.0, 20.0, True), ("light's", 20.4, 20.4, False), ("flame", 21.0, 21.0, True)]
+    reference = scoring.reference_tokens(words)
+    carried = scoring.score(reference, got(("thy", 20.0, 21.0), ("light's", 20.4, 21.0)))
+    assert carried.invented == [] and [t.text for t in carried.lost] == ["flame"]
+    assert carried.reference == 2 and carried.lags == pytest.approx([1.0])
+    missing = scoring.score(reference, got(("thy", 20.0, 21.0), ("flame", 21.0, 22.0)))
+    assert missing.lost == [] and missing.invented == []
