@@ -340,6 +340,14 @@ async def run_all(
             async def cpu() -> float | None:
                 return benchlib.proc_cpu_seconds(pid)
 
+        async with http.get(url + "/readyz") as resp:
+            ready = await resp.json()
+        if not args.quiet:
+            print(
+                f"server: model {ready.get('model')} ({ready.get('model_source')}), "
+                f"{ready.get('device')} {ready.get('compute_type')}; {env or 'defaults'}",
+                flush=True,
+            )
         points = []
         try:
             for sessions in args.sessions:
@@ -397,6 +405,7 @@ async def curve(
 ) -> list[dict[str, Any]]:
     """One knob at a time, the others at their defaults (or --set): pooled figures per value."""
     base_env = parse_settings(args.set)
+    args.quiet = not args.verbose  # one line per knob value, unless asked for more
     rows = []
     print(f"{'knob':<28} {'value':>6} " + HEADER[17:])
     for knob, values in parse_curve(args.curve):
