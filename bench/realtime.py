@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import sys
 import tempfile
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -318,56 +319,72 @@ def details(point: Point) -> list[str]:
 # --- a run: one server, every recording at every session count -------------------------------
 
 
-async def run_all(
-    args: argparse.Namespace, recordings: list[corpus.Recording], env: dict[str, str]
-) -> list[Point]:
-    offline = offline_wers(recordings, args.model)
-    server = None
-    timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(timeout=timeout) as http:
-        if args.url:
-            url = args.url.rstrip("/")
+@contextlib.asynccontextmanager
+async def service(
+    args: argparse.Namespace, http: aiohttp.ClientSession, env: dict[str, str], announce: bool
+) -> AsyncIterator[tuple[str, CpuReader]]:
+    """A server to replay against, and how to read its CPU time: a fresh one per run (an
+    earlier run's load must not carry over: its overload state, its sessions), or --url's."""
+    if args.url:
+        url = args.url.rstrip("/")
 
-            async def cpu() -> float | None:
-                return (await benchlib.scrape(http, url)).get("process_cpu_seconds_total")
-        else:
-            log = Path(tempfile.mkstemp(prefix="isweep-realtime-", suffix=".log")[1])
-            server = benchlib.Server(log, env={"ISWEEP_MODEL": args.model, **env})
-            url = server.url
-            await server.wait_ready(http, 180)
-            pid = server.proc.pid
+        async def metrics_cpu() -> float | None:
+            return (await benchlib.scrape(http, url)).get("process_cpu_seconds_total")
 
-            async def cpu() -> float | None:
-                return benchlib.proc_cpu_seconds(pid)
+        yield url, metrics_cpu
+        return
+    log = Path(tempfile.mkstemp(prefix="isweep-realtime-", suffix=".log")[1])
+    server = benchlib.Server(log, env={"ISWEEP_MODEL": args.model, **env})
+    pid = server.proc.pid
 
-        async with http.get(url + "/readyz") as resp:
-            ready = await resp.json()
-        if not args.quiet:
+    async def proc_cpu() -> float | None:
+        return benchlib.proc_cpu_seconds(pid)
+
+    try:
+        await server.wait_ready(http, 180)
+        if announce:
+            async with http.get(server.url + "/readyz") as resp:
+                ready = await resp.json()
             print(
                 f"server: model {ready.get('model')} ({ready.get('model_source')}), "
                 f"{ready.get('device')} {ready.get('compute_type')}; {env or 'defaults'}",
                 flush=True,
             )
-        points = []
-        try:
-            for sessions in args.sessions:
-                for rec in recordings:
+        yield server.url, proc_cpu
+    finally:
+        server.stop()
+        report_server_log(log, args.verbose)
+
+
+def report_server_log(log: Path, verbose: bool) -> None:
+    """Show the server's warnings (with --verbose), then delete its log."""
+    count, shown = benchlib.server_log_problems(log)
+    if count and verbose:
+        print(f"server log: {count} lines at warning and above", *shown, sep="\n  ")
+    log.unlink(missing_ok=True)
+
+
+async def run_all(
+    args: argparse.Namespace, recordings: list[corpus.Recording], env: dict[str, str]
+) -> list[Point]:
+    offline = offline_wers(recordings, args.model)
+    points: list[Point] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
+        for sessions in args.sessions:
+            for rec in recordings:
+                announce = not args.quiet and not points
+                async with service(args, http, env, announce) as (url, cpu):
                     stagger = args.stagger if args.stagger is not None else 1.0 / sessions
                     point = await run_point(
                         http, url, rec, sessions, stagger, offline[rec.name], cpu, args.dump
                     )
-                    points.append(point)
-                    if not args.quiet:
-                        print(row(rec.name, sessions, summary([point])), flush=True)
-                        if args.verbose:
-                            print("\n".join(details(point)), flush=True)
+                points.append(point)
+                if not args.quiet:
+                    print(row(rec.name, sessions, summary([point])), flush=True)
+                    if args.verbose:
+                        print("\n".join(details(point)), flush=True)
+                if args.url:
                     await asyncio.sleep(args.settle_seconds)
-        finally:
-            if server is not None:
-                server.stop()
-                count, shown = benchlib.server_log_problems(server.log_path)
-                if count and args.verbose:
-                    print(f"server log: {count} lines at warning and above", *shown, sep="\n  ")
     return points
 
 
