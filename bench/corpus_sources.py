@@ -14,6 +14,7 @@ import json
 import wave
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -110,7 +111,8 @@ RECIPES = [
 def read_wav(path: Path) -> np.ndarray:
     with wave.open(str(path)) as w:
         assert w.getframerate() == RATE and w.getnchannels() == 1 and w.getsampwidth() == 2, path
-        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").copy()
+        pcm: np.ndarray = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").copy()
+        return pcm
 
 
 def write_wav(path: Path, pcm: np.ndarray) -> None:
@@ -182,7 +184,9 @@ def silence(seconds: float) -> np.ndarray:
     return np.zeros(round(seconds * RATE), dtype=np.int16)
 
 
-def compose(recipe: Recipe, sources: dict[str, list[Clip]]) -> tuple[np.ndarray, list[dict]]:
+def compose(
+    recipe: Recipe, sources: dict[str, list[Clip]]
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """The recording's source audio and, per clip, its place and text."""
     if recipe.name == "continuous":
         parts = [(c, trim(c.pcm), SHORT_GAP_SECONDS) for c in sources["austen"]]

@@ -184,11 +184,11 @@ def rescore(dump: Path, model: str) -> list[Point]:
     """Points from a --dump folder's saved answers, scored again (no CPU figure)."""
     grouped: dict[tuple[str, int], list[SessionRun]] = {}
     for path in sorted(dump.glob("*.json")):
-        name, sessions, _ = path.stem.rsplit("-", 2)
+        name, count, _ = path.stem.rsplit("-", 2)
         saved = json.loads(path.read_text())
-        run = SessionRun(responses=[tuple(r) for r in saved["responses"]])  # type: ignore[misc]
+        run = SessionRun(responses=[(float(at), segs) for at, segs in saved["responses"]])
         run.failures = saved["failures"]
-        grouped.setdefault((name, int(sessions)), []).append(run)
+        grouped.setdefault((name, int(count)), []).append(run)
     recordings = {name: corpus.load(name) for name, _ in grouped}
     offline = offline_wers(list(recordings.values()), model)
     points = []
@@ -303,10 +303,13 @@ def target_check(sessions: int, points: list[Point]) -> str:
     return f"targets {sessions} session(s): " + ", ".join(checks)
 
 
+def show(tokens: list[scoring.Token]) -> str:
+    return " ".join(f"{t.text}@{t.end_seconds:.1f}" for t in tokens)
+
+
 def details(point: Point) -> list[str]:
     out = []
     for k, s in enumerate(point.scores):
-        show = lambda toks: " ".join(f"{t.text}@{t.end_seconds:.1f}" for t in toks)  # noqa: E731
         if s.lost or s.invented or s.twice:
             out.append(
                 f"  {point.recording} session {k}: lost [{show(s.lost)}] "
