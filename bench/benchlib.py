@@ -120,7 +120,9 @@ def proc_status_kb(pid: int, key: str) -> int:
 
 
 class Server:
-    def __init__(self, log_path: Path) -> None:
+    def __init__(self, log_path: Path, env: dict[str, str] | None = None) -> None:
+        """Start the service on a free loopback port; `env` (ISWEEP_* settings) is added to
+        this process's environment, which the server inherits either way."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -140,6 +142,7 @@ class Server:
             cwd=REPO,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            env=None if env is None else {**os.environ, **env},
         )
 
     async def wait_ready(self, http: aiohttp.ClientSession, timeout: float) -> float:
