@@ -37,7 +37,9 @@ from tests.live_server import serve
 SCALE = int(os.environ.get("ISWEEP_FUZZ_SCALE", "1"))
 schema = schemathesis.openapi.from_dict(build_openapi())
 
-_SPEECH = load_synthetic("pauses").pcm[: 4 * SAMPLE_RATE]
+# The first sentence and the pause after it: it is committed (end of speech) before the
+# stream ends, so words reach the answers of later blobs.
+_SPEECH = load_synthetic("pauses").pcm[: 6 * SAMPLE_RATE]
 STREAM = encode_opus_stream(_SPEECH, SAMPLE_RATE)
 # The stream decoded as one blob: any other cutting must give exactly these samples.
 WHOLE = SessionDecoder().decode(STREAM).pcm
