@@ -50,10 +50,9 @@ class LocalAgreementPolicy:
         self.committed_end = 0
         self._committed_tail: list[Word] = []
         self._recent_committed: list[Word] = []  # enough for the prompt
-        # Where the buffer was last cut, if that cut fell inside speech (None: in a pause or
-        # silence, or never cut).
-        self._cut_in_speech: int | None = None
-        self._cut_at_word_edge = False  # what the last _trim_point chose
+        # Whether the buffer was last cut after silence (a pass VAD skipped): the speech now in
+        # it is a new start, and gets no prompt until the buffer is next cut behind its words.
+        self._after_silence = False
         self._hypothesis: list[Word] = []
 
     @property
@@ -61,17 +60,17 @@ class LocalAgreementPolicy:
         return list(self._hypothesis)
 
     def prompt(self, buffer_start: int) -> str:
-        """Committed text from before the buffer, as the next pass's prompt, only while the
-        buffer starts where it was cut inside speech: the pass then hears a sentence whose
-        beginning is gone.
+        """Committed text from before the buffer, as the next pass's prompt.
 
         Only text the pass will not hear: given words that are still in the buffer, Whisper
-        takes them as already said, skips them, and misplaces the rest of the timings. And
-        no prompt after a pause: over a buffer that holds a speech onset or the short
-        sentence after a silence, the previous sentence's text makes Whisper continue it
-        with words that were never said ("Go forward 10 meters. Thanks.").
+        takes them as already said, skips them, and misplaces the rest of the timings. And no
+        prompt over speech that follows a silence: there the previous sentence's text made
+        Whisper continue it with words that were never said ("Go forward 10 meters.
+        Thanks."). After a short pause inside continuous speech the prompt stays: without
+        it, a sentence whose buffer starts mid-flow came out garbled ("Most of the remaining
+        words, Smallly out problems").
         """
-        if self._cut_in_speech is None or buffer_start != self._cut_in_speech:
+        if self._after_silence:
             return ""
         before = [w.text for w in self._recent_committed if w.end <= buffer_start]
         return "".join(before)[-PROMPT_CHARS:].lstrip()
@@ -81,7 +80,7 @@ class LocalAgreementPolicy:
         if result.skipped_by_vad:
             self._hypothesis = []
             decision.trim_to = max(buffer_start, result.audio_end - SILENCE_KEEP_SAMPLES)
-            self._cut_in_speech = None
+            self._after_silence = True
             return decision
         new = self._drop_already_committed(result.words)
         agreed = _common_prefix_length(self._hypothesis, new)
@@ -113,7 +112,7 @@ class LocalAgreementPolicy:
         self._hypothesis = rest
         decision.trim_to = self._trim_point(result, buffer_start, speech_over)
         if decision.trim_to is not None and decision.trim_to > buffer_start:
-            self._cut_in_speech = decision.trim_to if self._cut_at_word_edge else None
+            self._after_silence = False
         return decision
 
     def _drop_already_committed(self, words: list[Word]) -> list[Word]:
@@ -162,7 +161,6 @@ class LocalAgreementPolicy:
         committed words. Only a buffer that has no such pause and has grown past
         trim + deadline is cut at a word edge, to bound its size.
         """
-        self._cut_at_word_edge = False
         if speech_over and not self._hypothesis:
             assert result.speech_end is not None
             # Everything heard is committed and the speaker paused: cut in the silence, but
@@ -194,7 +192,6 @@ class LocalAgreementPolicy:
         if pauses and pauses[-1] > buffer_start:
             return pauses[-1]
         if length > self.trim_samples + self.deadline_samples and limit > buffer_start:
-            self._cut_at_word_edge = True
             return limit
         return None
 

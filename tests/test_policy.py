@@ -115,14 +115,18 @@ def test_prompt_holds_only_text_from_before_a_cut_inside_speech() -> None:
     assert "w25" not in p.prompt(buffer_start=speech[-1].start)  # still in that buffer
 
 
-def test_no_prompt_after_a_cut_in_a_pause() -> None:
+def test_no_prompt_over_speech_after_a_silence_until_the_next_cut() -> None:
     p = policy()
     p.apply(heard(words(("first", 0.0, 0.5), ("second", 1.0, 1.5)), 2.0, [(0.0, 1.6)]), 0)
     flushed = p.apply(heard(words(("first", 0.0, 0.5), ("second", 1.0, 1.5)), 2.5, [(0, 1.6)]), 0)
     assert flushed.trim_to == round(1.6 * S)
-    # The next pass hears a new sentence after a pause: the previous one's text would only
-    # tempt Whisper to continue it with words nobody said.
-    assert p.prompt(buffer_start=flushed.trim_to) == ""
+    # A short pause inside speech keeps the prompt: the buffer holds the flow's continuation.
+    assert p.prompt(buffer_start=flushed.trim_to).endswith("first second")
+    silent = p.apply(PassResult(words=[], audio_end=round(5.0 * S), skipped_by_vad=True), 0)
+    assert silent.trim_to is not None
+    # Speech after a silence is a new start: the previous sentence's text would only tempt
+    # Whisper to continue it with words nobody said.
+    assert p.prompt(buffer_start=silent.trim_to) == ""
 
 
 def test_repetition_loops_are_cut_after_their_first_occurrence() -> None:
