@@ -145,6 +145,7 @@ def _install_engine(app: web.Application, engine: Engine) -> None:
     assert runtime.scheduler is not None and runtime.registry is not None
     runtime.registry.set_default_language(engine.session_language())
     runtime.scheduler.start(engine)
+    runtime.registry.request_passes()
     info = engine.info
     metrics.model_info.info(
         {

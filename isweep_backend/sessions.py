@@ -178,6 +178,12 @@ class SessionRegistry:
             if session.passes == 0:
                 session.language = language
 
+    def request_passes(self) -> None:
+        """Queue a pass for every session with enough audio waiting: those that buffered
+        audio while the model loaded may send nothing more (a whole file, a last blob)."""
+        for session in list(self._sessions.values()):
+            self._request_pass(session)
+
     def buffered_seconds(self) -> float:
         return sum(len(s.ring) for s in self._sessions.values()) / SAMPLE_RATE
 

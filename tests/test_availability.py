@@ -232,6 +232,27 @@ async def test_chunks_sent_while_the_model_loads_are_buffered_and_transcribed_la
     assert {"morning", "everyone", "meeting"} <= early, words
 
 
+async def test_audio_buffered_while_the_model_loads_gets_its_pass_without_another_blob(
+    aiohttp_client: AppClientFactory, settings: Settings
+) -> None:
+    """A whole file (or the last blob of a capture) sent while the model loads: nothing more
+    comes to trigger a pass, so the model's arrival must (found with the README's curl)."""
+    client = await aiohttp_client(create_app(settings))
+    runtime = client.app[RUNTIME]
+    speech = load_synthetic("long")
+    blobs = cut_blobs(encode_opus_stream(speech.pcm[: 8 * SAMPLE_RATE], SAMPLE_RATE), 8.0)
+    assert await post(client, chunk_body(blobs[0], 0)) == (200, {"segments": []})
+    assert runtime.engine is None, "the model loaded before the test could send early audio"
+    session = runtime.registry.get(("user-1", 7)) if runtime.registry else None
+    assert session is not None
+    for _ in range(600):
+        if session.passes:
+            break
+        await asyncio.sleep(0.1)
+    assert session.passes >= 1
+    assert session.processed_end == session.ring.end
+
+
 async def test_a_model_that_failed_to_load_answers_503_with_the_reason(
     aiohttp_client: AppClientFactory, settings: Settings, tmp_path: Path
 ) -> None:
