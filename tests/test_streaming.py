@@ -28,6 +28,12 @@ TRAILING_SILENCE_SECONDS = 5.0
 # on timing, and tiny.en sometimes hears "by email" as "my email" in one window, not another.
 # (Closing the gap to offline is issue 10's work; bench/realtime.py measures it on real speech.)
 SLACK_WORDS = 3
+# Blobs held back up to 2 s reach the buffer in bursts of up to 3 s, so fewer passes see the
+# audio grow and more words are committed by the deadline, unconfirmed: on the 78-word script
+# that cost 1 to 3 words on a quiet machine, 5 on the CI machine and 7 with two busy loops
+# beside the test. What the reorder buffer must get right (every blob decoded, in order,
+# once) is checked exactly in test_reorder.py; here only that the words still come through.
+SLACK_WORDS_WHEN_SHUFFLED = 9
 _NUMBERS = {"10": "ten", "mr": "mister"}
 
 
@@ -101,14 +107,19 @@ def assert_well_formed(segments: list[dict[str, Any]], audio_seconds: float) -> 
 
 
 def assert_as_good_as_offline(
-    segments: list[dict[str, Any]], text: str, engine: Engine, settings: Settings, pcm: np.ndarray
+    segments: list[dict[str, Any]],
+    text: str,
+    engine: Engine,
+    settings: Settings,
+    pcm: np.ndarray,
+    slack_words: int = SLACK_WORDS,
 ) -> None:
     """Streamed WER within 1.2x of the same model transcribing the same audio offline, and
     the answers well formed."""
     hypothesis = " ".join(s["text"] for s in segments)
     streamed = wer(text, hypothesis)
     offline = wer(text, offline_transcript(engine, settings, pcm))
-    slack = SLACK_WORDS / len(normalise(text).split())
+    slack = slack_words / len(normalise(text).split())
     assert streamed <= 1.2 * offline + slack, (hypothesis, streamed, offline)
     assert_well_formed(segments, pcm.size / SAMPLE_RATE)
 
@@ -145,7 +156,8 @@ async def test_streamed_transcript_is_as_good_as_offline(
     blobs = cut_blobs(encode_opus_stream(pcm, long_speech.rate), 1.0, seed=len(case))
     client = await make_client()
     segments = await replay(client, order_for(case, blobs))
-    assert_as_good_as_offline(segments, long_speech.text, engine, settings, pcm)
+    slack = SLACK_WORDS_WHEN_SHUFFLED if case == "shuffled" else SLACK_WORDS
+    assert_as_good_as_offline(segments, long_speech.text, engine, settings, pcm, slack)
     # The last sentence arrived, to its last word, in answers to blobs the capture sent.
     heard = normalise(" ".join(s["text"] for s in segments)).split()
     assert heard[-4:] == normalise(long_speech.text).split()[-4:], heard[-8:]
