@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from isweep_backend.decode import SessionDecoder
 from isweep_backend.keys import METRICS, RUNTIME
 from isweep_backend.reorder import Arrival, Blob, Gap, ReorderBuffer
 from tests.conftest import ClientFactory, chunk_body
-from isweep_backend.decode import SessionDecoder
 from tests.test_chrome_blobs import BLOBS, FIRST_STREAM, RESTART, decode_in_order
 
 
