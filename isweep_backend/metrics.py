@@ -38,7 +38,7 @@ _RTF_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)
 # The label values the code uses; each starts at zero (see the module docstring).
 STATUS_CLASSES = ("2xx", "4xx", "5xx")
 PASS_OUTCOMES = ("ok", "vad_skipped", "error")
-COMMIT_RULES = ("agreement", "end_of_speech", "deadline")
+COMMIT_RULES = ("agreement", "stability", "end_of_speech", "deadline")
 HALLUCINATION_GUARDS = ("segment", "outside_speech")
 EVICTION_REASONS = ("ttl", "new_capture", "left_behind", "shutdown")
 SEQ_EVENTS = ("early", "duplicate", "late", "far_ahead", "gap", "restart")

@@ -1,17 +1,23 @@
 """The commit rule of one session: which recognised words are final.
 
 LocalAgreement-2 (Macháček et al., whisper_streaming): a word is committed once two
-consecutive passes over the growing buffer agree on it, and then never revised. Two more rules
-bound latency: at the end of speech (VAD) the rest of the hypothesis is committed, and a word
-older than a deadline on the audio timeline is committed unconfirmed. Committed words come out
+consecutive passes over the growing buffer agree on it, and then never revised. Three more
+rules bound latency: a word Whisper is sure of (its probability) with enough audio heard after
+it is committed at first sight; at the end of speech (VAD) the rest of the hypothesis is
+committed; and a word older than a deadline on the audio timeline is committed unconfirmed. Committed words come out
 in time order, each once; the buffer behind them can then be trimmed.
 """
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .engine import SAMPLE_RATE, PassResult, Word
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 # A new word starting this much before the last committed end is the same word heard again.
 REHEARD_TOLERANCE_SAMPLES = SAMPLE_RATE // 10
@@ -22,6 +28,9 @@ REHEARD_JITTER_SAMPLES = SAMPLE_RATE // 5
 # Committed words re-heard by a new pass are matched this many at most, and only where the
 # re-heard word ends this close to where the committed one ended.
 MAX_OVERLAP_WORDS = 5
+# Two passes agree on a word they heard at the same time; a dispute of up to this many words
+# between agreed ones is settled by the newer pass.
+MAX_DISPUTED_WORDS = 1
 OVERLAP_WINDOW_SAMPLES = SAMPLE_RATE
 PROMPT_CHARS = 200
 # Audio kept before the newest sample when the buffer holds no speech at all.
@@ -33,6 +42,7 @@ class CommitDecision:
     words: list[Word] = field(default_factory=list)
     trim_to: int | None = None
     by_agreement: int = 0
+    by_stability: int = 0
     by_end_of_speech: int = 0
     by_deadline: int = 0
 
@@ -43,8 +53,15 @@ class LocalAgreementPolicy:
         deadline_seconds: float,
         trim_seconds: float,
         end_of_speech_seconds: float,
+        stable_after_seconds: float = 0.0,
+        stable_probability: float = 1.0,
+        agreement_probability: float = 0.0,
     ) -> None:
         self.deadline_samples = round(deadline_seconds * SAMPLE_RATE)
+        # 0 s or a probability above 1 turns the first-sight rule off.
+        self.stable_after_samples = round(stable_after_seconds * SAMPLE_RATE)
+        self.stable_probability = stable_probability
+        self.agreement_probability = agreement_probability
         self.trim_samples = round(trim_seconds * SAMPLE_RATE)
         self.end_of_speech_samples = round(end_of_speech_seconds * SAMPLE_RATE)
         self.committed_end = 0
@@ -54,6 +71,17 @@ class LocalAgreementPolicy:
         # it is a new start, and gets no prompt until the buffer is next cut behind its words.
         self._after_silence = False
         self._hypothesis: list[Word] = []
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LocalAgreementPolicy:
+        return cls(
+            settings.commit_deadline_seconds,
+            settings.trim_seconds,
+            settings.end_of_speech_seconds,
+            settings.stable_after_seconds,
+            settings.stable_probability,
+            settings.agreement_probability,
+        )
 
     @property
     def hypothesis(self) -> list[Word]:
@@ -83,10 +111,23 @@ class LocalAgreementPolicy:
             self._after_silence = True
             return decision
         new = self._drop_already_committed(result.words)
-        agreed = _common_prefix_length(self._hypothesis, new)
+        agreed = _agreed_length(self._hypothesis, new)
+        if self._after_silence or not self._recent_committed:
+            # At a speech onset the passes have no prompt and little audio, and two of them
+            # can agree on a guess ("How do you marry" for "Had he married"): a word Whisper
+            # itself doubts waits for more audio.
+            sure = 0
+            while sure < agreed and new[sure].probability >= self.agreement_probability:
+                sure += 1
+            agreed = sure
         self._commit(new[:agreed], decision)
         decision.by_agreement = agreed
         rest = new[agreed:]
+        stable = self._stable_prefix_length(rest, result.audio_end)
+        if stable:
+            decision.by_stability = stable
+            self._commit(rest[:stable], decision)
+            rest = rest[stable:]
 
         speech_end = result.speech_end
         speech_over = (
@@ -114,6 +155,22 @@ class LocalAgreementPolicy:
         if decision.trim_to is not None and decision.trim_to > buffer_start:
             self._after_silence = False
         return decision
+
+    def _stable_prefix_length(self, words: list[Word], audio_end: int) -> int:
+        """How many leading words need no second pass: Whisper's doubt sits in the last second
+        of the buffer, where a word may be cut short or still forming. A word it heard with
+        high probability and with `stable_after` of audio after it is already what the next
+        pass would say, and waiting for that pass costs a blob interval of lag."""
+        if self.stable_after_samples <= 0:
+            return 0
+        n = 0
+        while (
+            n < len(words)
+            and words[n].end <= audio_end - self.stable_after_samples
+            and words[n].probability >= self.stable_probability
+        ):
+            n += 1
+        return n
 
     def _drop_already_committed(self, words: list[Word]) -> list[Word]:
         """The part of a new hypothesis after what is already committed.
@@ -206,8 +263,26 @@ def _same_utterance(heard: Word, committed: Word) -> bool:
     )
 
 
-def _common_prefix_length(previous: list[Word], current: list[Word]) -> int:
-    n = 0
-    while n < len(previous) and n < len(current) and previous[n].key == current[n].key:
-        n += 1
-    return n
+def _agreed_length(previous: list[Word], current: list[Word]) -> int:
+    """How many leading words of `current` the previous pass confirms.
+
+    The words the two passes share, in order, by spelling and time (difflib's alignment, then
+    `_same_utterance`),
+    confirm everything in `current` up to the last of them: a word between two confirmed ones
+    that the passes heard differently ("feet" then "feeds") is taken as the current pass
+    heard it, with more audio after it. Only short disputes are bridged; a longer one means
+    the passes disagree about the speech, and the agreement stops before it.
+    """
+    matcher = difflib.SequenceMatcher(
+        None, [w.key for w in previous], [w.key for w in current], autojunk=False
+    )
+    agreed = 0
+    last_previous = -1
+    for a, b, size in matcher.get_matching_blocks():
+        for i, j in zip(range(a, a + size), range(b, b + size), strict=True):
+            if not _same_utterance(current[j], previous[i]):
+                return agreed
+            if max(i - last_previous, j - agreed) - 1 > MAX_DISPUTED_WORDS:
+                return agreed
+            agreed, last_previous = j + 1, i
+    return agreed

@@ -276,6 +276,14 @@ class PassScheduler:
         self._metrics.passes.labels("vad_skipped" if result.skipped_by_vad else "ok").inc()
         if new_audio > 0:
             self._metrics.real_time_factor.observe(elapsed / (new_audio / SAMPLE_RATE))
+        log.debug(
+            "pass_done",
+            session=session.log_key,
+            audio_seconds=round(request.audio.size / SAMPLE_RATE, 2),
+            queued_seconds=round(waited, 3),
+            pass_seconds=round(elapsed, 3),
+            vad_skipped=result.skipped_by_vad,
+        )
         session.pass_pending = False
         await session.apply_pass(result)
         # Audio that arrived during the pass gets the next turn, behind everyone waiting.

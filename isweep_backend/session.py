@@ -142,9 +142,7 @@ class Session:
         )
         self.decoder = SessionDecoder()
         self.ring = PcmRingBuffer(round(settings.buffer_seconds * SAMPLE_RATE))
-        self.policy = LocalAgreementPolicy(
-            settings.commit_deadline_seconds, settings.trim_seconds, settings.end_of_speech_seconds
-        )
+        self.policy = LocalAgreementPolicy.from_settings(settings)
         self._lock = asyncio.Lock()
         self._pass_done = asyncio.Condition()
         self._gap_timer: asyncio.TimerHandle | None = None
@@ -367,6 +365,7 @@ class Session:
         m = self._metrics
         for rule, count in (
             ("agreement", decision.by_agreement),
+            ("stability", decision.by_stability),
             ("end_of_speech", decision.by_end_of_speech),
             ("deadline", decision.by_deadline),
         ):

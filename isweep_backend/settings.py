@@ -95,7 +95,7 @@ class Settings:
     )
     beam_size: int = field(default=1, metadata={"help": "decoder beam size (1 = greedy)"})
     encoder_window_seconds: float = field(
-        default=20.0,
+        default=10.0,
         metadata={
             "help": "audio window the encoder sees, 10 to 30 s; Whisper's own is 30, "
             "shorter is faster (padding is cut, never audio)"
@@ -176,12 +176,29 @@ class Settings:
     min_pass_audio_seconds: float = field(
         default=0.5, metadata={"help": "new audio needed before another pass is scheduled"}
     )
+    stable_after_seconds: float = field(
+        default=0.3,
+        metadata={
+            "help": "a word heard with at least stable_probability and this much audio "
+            "after it is committed at first sight, without a second pass; 0 = off"
+        },
+    )
+    stable_probability: float = field(
+        default=0.6, metadata={"help": "see stable_after_seconds"}
+    )
+    agreement_probability: float = field(
+        default=0.4,
+        metadata={
+            "help": "at a speech onset (after silence, or a session's first words), a word "
+            "two passes agree on is committed only if heard with at least this probability"
+        },
+    )
     commit_deadline_seconds: float = field(
-        default=4.0,
+        default=3.0,
         metadata={"help": "a word this far behind the newest audio is committed unconfirmed"},
     )
     trim_seconds: float = field(
-        default=8.0,
+        default=5.0,
         metadata={
             "help": "buffered audio beyond which the buffer is cut in a pause behind "
             "the committed words"
@@ -266,6 +283,9 @@ def _validation_problems(s: Settings) -> list[str]:
     for name in (
         "reorder_wait_seconds",
         "response_wait_seconds",
+        "stable_after_seconds",
+        "stable_probability",
+        "agreement_probability",
         "new_sessions_per_minute_per_client",
         "new_sessions_per_minute_per_token",
         "cpu_threads",

@@ -29,9 +29,7 @@ def stream_through_policy(
     """Feed `pcm` in `step_seconds` pieces (the first one `phase` s long when set, so blob
     edges fall elsewhere) with one pass after each piece; returns what was committed."""
     ring = PcmRingBuffer(round(settings.buffer_seconds * SAMPLE_RATE))
-    policy = LocalAgreementPolicy(
-        settings.commit_deadline_seconds, settings.trim_seconds, settings.end_of_speech_seconds
-    )
+    policy = LocalAgreementPolicy.from_settings(settings)
     step = round(step_seconds * SAMPLE_RATE)
     first = round(phase * SAMPLE_RATE) or step
     edges = [*range(first, pcm.size, step), pcm.size]

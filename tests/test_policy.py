@@ -327,3 +327,114 @@ def check_passes_over(data: st.DataObject, spoken: list[Spoken]) -> None:
     real = [w for w in committed if not w.key.endswith("x")]
     said = [utterance_of(w, spoken) for w in real]
     assert len(said) == len(set(said)), (real, spoken)
+
+
+def tuned(**overrides: float) -> LocalAgreementPolicy:
+    """The policy as the service runs it: every rule on, at the defaults."""
+    s = Settings()
+    p = LocalAgreementPolicy.from_settings(s)
+    for name, value in overrides.items():
+        setattr(p, name, value)
+    return p
+
+
+def said(*spec: tuple[str, float, float, float]) -> list[Word]:
+    """Words with Whisper's probability: (text, start, end, probability)."""
+    return [Word(" " + t, round(a * S), round(b * S), prob) for t, a, b, prob in spec]
+
+
+def test_a_sure_word_with_audio_after_it_is_committed_at_the_first_pass() -> None:
+    p = tuned()
+    # "and" has 0.6 s of audio after it and Whisper is sure of it: no second pass needed.
+    # "so" ends 0.2 s before the end of the audio, where a word may still be cut: it waits.
+    first = p.apply(result(said(("and", 0.2, 0.4, 0.9), ("so", 0.5, 0.8, 0.9)), 1.0), 0)
+    assert [w.key for w in first.words] == ["and"] and first.by_stability == 1
+    # "for" is doubtful, so it waits, and "test", sure but after it, waits too.
+    got = p.apply(
+        result(
+            said(
+                ("and", 0.2, 0.4, 0.9),
+                ("so", 0.5, 0.8, 0.9),
+                ("ready", 1.0, 1.5, 0.95),
+                ("for", 1.5, 1.6, 0.3),
+                ("test", 1.7, 1.9, 0.95),
+            ),
+            2.5,
+        ),
+        0,
+    )
+    assert [w.key for w in got.words] == ["so", "ready"]
+    assert (got.by_agreement, got.by_stability) == (1, 1)
+    assert [w.key for w in p.hypothesis] == ["for", "test"]
+
+
+def test_without_the_stability_rule_the_same_word_waits_for_agreement() -> None:
+    p = tuned(stable_after_samples=0)
+    got = p.apply(result(said(("and", 0.2, 0.4, 0.9), ("ready", 1.0, 1.5, 0.95)), 2.0), 0)
+    assert got.words == []
+
+
+def test_one_word_heard_differently_between_agreed_words_does_not_block_the_rest() -> None:
+    p = tuned(stable_after_samples=0)
+    p.apply(
+        result(said(("eyes", 0.0, 0.4, 0.9), ("feet", 0.5, 0.8, 0.3), ("thy", 0.9, 1.1, 0.8)), 1.2),
+        0,
+    )
+    got = p.apply(
+        result(
+            said(
+                ("eyes", 0.0, 0.4, 0.9),
+                ("feeds", 0.5, 0.8, 0.5),
+                ("thy", 0.9, 1.1, 0.8),
+                ("light", 1.2, 1.6, 0.6),
+            ),
+            2.2,
+        ),
+        0,
+    )
+    # "feeds" as the newer pass heard it, bracketed by agreed words.
+    assert [w.key for w in got.words] == ["eyes", "feeds", "thy"]
+
+
+def test_passes_that_disagree_on_more_than_one_word_in_a_row_commit_nothing_past_it() -> None:
+    p = tuned(stable_after_samples=0)
+    p.apply(
+        result(
+            said(
+                ("how", 0.0, 0.2, 0.9),
+                ("do", 0.2, 0.3, 0.9),
+                ("you", 0.3, 0.5, 0.9),
+                ("more", 0.9, 1.1, 0.9),
+            ),
+            1.3,
+        ),
+        0,
+    )
+    got = p.apply(
+        result(
+            said(
+                ("had", 0.0, 0.2, 0.9),
+                ("he", 0.2, 0.3, 0.9),
+                ("married", 0.3, 0.7, 0.9),
+                ("more", 0.9, 1.1, 0.9),
+            ),
+            2.0,
+        ),
+        0,
+    )
+    assert got.words == []
+
+
+def test_at_a_speech_onset_two_passes_agreeing_on_a_doubtful_word_do_not_commit_it() -> None:
+    p = tuned(stable_after_samples=0)
+    guess = said(("how", 0.0, 0.2, 0.21), ("do", 0.2, 0.3, 0.56), ("you", 0.3, 0.5, 0.98))
+    p.apply(result(guess, 1.0), 0)
+    first = p.apply(result(guess, 2.0), 0)
+    assert first.words == []  # the session's first words: Whisper doubts "how"
+    # Inside running speech (words committed, no silence since) the same agreement counts.
+    p.apply(result(said(("had", 0.0, 0.2, 0.9), ("he", 0.2, 0.3, 0.9)), 3.0), 0)
+    p.apply(result(said(("had", 0.0, 0.2, 0.9), ("he", 0.2, 0.3, 0.9)), 3.5), 0)
+    later = said(("so", 2.5, 2.7, 0.21), ("it", 2.8, 3.0, 0.9))
+    p.apply(result(later, 4.0), 0)
+    got = p.apply(result(later, 4.5), 0)
+    assert [w.key for w in got.words] == ["so", "it"]
