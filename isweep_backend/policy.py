@@ -4,8 +4,8 @@ LocalAgreement-2 (Macháček et al., whisper_streaming): a word is committed onc
 consecutive passes over the growing buffer agree on it, and then never revised. Three more
 rules bound latency: a word Whisper is sure of (its probability) with enough audio heard after
 it is committed at first sight; at the end of speech (VAD) the rest of the hypothesis is
-committed; and a word older than a deadline on the audio timeline is committed unconfirmed. Committed words come out
-in time order, each once; the buffer behind them can then be trimmed.
+committed; and a word older than a deadline on the audio timeline is committed unconfirmed.
+Committed words come out in time order, each once; the buffer behind them can then be trimmed.
 """
 
 from __future__ import annotations

@@ -183,9 +183,7 @@ class Settings:
             "after it is committed at first sight, without a second pass; 0 = off"
         },
     )
-    stable_probability: float = field(
-        default=0.6, metadata={"help": "see stable_after_seconds"}
-    )
+    stable_probability: float = field(default=0.6, metadata={"help": "see stable_after_seconds"})
     agreement_probability: float = field(
         default=0.4,
         metadata={
