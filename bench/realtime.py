@@ -35,9 +35,10 @@ import scoring
 import textnorm
 
 DEFAULT_CURVE = (
-    "commit_deadline_seconds=1.5,2.5,4;"
-    "end_of_speech_seconds=0.3,0.6,1.0;"
-    "min_pass_audio_seconds=0.25,0.5,1.0"
+    "stable_after_seconds=0,0.3,0.5;"
+    "stable_probability=0.6,0.8;"
+    "agreement_probability=0,0.4;"
+    "commit_deadline_seconds=2,3,4"
 )
 # The targets (tiny.en, int8, 2 cores): sessions -> (lag p50, lag p95, WER x, WER +).
 TARGETS = {1: (1.5, 2.5, 1.15, 0.02), 4: (2.0, 3.0, 1.15, 0.02), 6: (None, None, 1.3, 0.03)}

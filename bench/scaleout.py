@@ -1,18 +1,19 @@
 """Sessions held at the latency target through HAProxy with 1, 2 and 3 replicas on one machine.
 
     python bench/scaleout.py                                  # 1, 2, 3 replicas
-    python bench/scaleout.py --replicas 1 2 --minutes 0.5 --target-p95 3
+    python bench/scaleout.py --replicas 1 2 --start-sessions 1 --step 1 --target-p95 3
 
 For each replica count it starts `ops/haproxy/run-local.sh REPLICAS PORT` (the replicas and
 HAProxy, as an operator would on one machine), waits until HAProxy's health checks see every
-replica UP, then runs `bench/soak.py --url <HAProxy>` (the shared client: real-time WebM/Opus
-captures, one POST per ~1 s blob without waiting for answers) with N sessions for --minutes,
-N going up by one from --start-sessions (for the next replica count, from the last count's
-figure, up or down) until a run misses the target. The target: word-emit latency p95 over the
-run at most --target-p95 s (5 s, where the IsweepWordEmitLagHigh alert fires), every answer
-200, no segment going back in time. "Sessions held" is the largest N that met it. Sessions
-are spread by HAProxy's hash of their ids, as real ones are, so with few sessions the
-replicas' shares are uneven.
+replica UP, then runs `bench/realtime.py --url <HAProxy>`: N sessions replay a real speech
+recording made by Chromium's MediaRecorder (--recording, default `continuous`, 78 s of
+reading without long pauses) at its recorded pace, as the extension sends it. N goes up by
+--step from --start-sessions (for the next replica count, from the last count's figure, up
+or down) until a run misses the target. The target: word lag p95 (from a word's end in the
+audio to the answer carrying it) at most --target-p95 s, every answer 200, no segment the
+extension would drop for going back in time. "Sessions held" is the largest N that met it.
+Sessions are spread by HAProxy's hash of their ids, as real ones are, so with few sessions
+the replicas' shares are uneven.
 
 On a machine with C cores, replicas do not add cores: they share them, so the figure for R
 replicas says what HAProxy and R processes cost on those C cores, not what R machines hold.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import signal
@@ -38,40 +40,21 @@ from pathlib import Path
 from benchlib import REPO, free_port
 
 RUN_LOCAL = REPO / "ops" / "haproxy" / "run-local.sh"
-SOAK = REPO / "bench" / "soak.py"
-LATENCY_LINE = "word-emit latency p50 / p95 / max s (whole run)"
+REALTIME = REPO / "bench" / "realtime.py"
 
 
 @dataclass
 class Run:
     replicas: int
     sessions: int
-    p50: float | None
-    p95: float | None
+    p50: float  # nan when no word was carried
+    p95: float
     errors: int
     backwards: int
     load: str
 
     def met(self, target_p95: float) -> bool:
-        return (
-            self.p95 is not None
-            and self.p95 <= target_p95
-            and self.errors == 0
-            and self.backwards == 0
-        )
-
-
-def number(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None  # soak prints "-" where there was nothing to measure
-
-
-def parse_soak(output: str) -> dict[str, str]:
-    return dict(
-        line.split(": ", 1) for line in output.splitlines() if ": " in line and line[0] != " "
-    )
+        return self.p95 <= target_p95 and self.errors == 0 and self.backwards == 0
 
 
 def servers_up(metrics_url: str) -> int:
@@ -116,22 +99,25 @@ def stop_cluster(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def soak(url: str, sessions: int, minutes: float, replicas: int) -> Run:
-    command = [sys.executable, str(SOAK), "--url", url, "--sessions", str(sessions)]
-    command += ["--minutes", str(minutes), "--user-prefix", f"scaleout-{replicas}r-{sessions}s-"]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    lines = parse_soak(result.stdout)
-    if LATENCY_LINE not in lines:
-        raise RuntimeError(f"soak.py printed no latency line:\n{result.stdout}\n{result.stderr}")
-    p50, p95, _ = (number(v.strip()) for v in lines[LATENCY_LINE].split("/"))
+def replay(url: str, sessions: int, recording: str, replicas: int) -> Run:
+    """One run of the real-time benchmark through HAProxy."""
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = Path(tmp) / "figures.json"
+        command = [sys.executable, str(REALTIME), "--url", url, "--sessions", str(sessions)]
+        command += ["--recordings", recording, "--quiet", "--json", str(figures)]
+        started = os.getloadavg()[0]
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+        if not figures.exists():
+            raise RuntimeError(f"realtime.py failed:\n{result.stdout}\n{result.stderr}")
+        (point,) = json.loads(figures.read_text())["points"]
     return Run(
         replicas,
         sessions,
-        p50,
-        p95,
-        int(lines.get("errors total", "0")),
-        int(lines.get("segments going back in time", "0")),
-        lines.get("machine load average start / end", "-"),
+        point["lag_p50"],
+        point["lag_p95"],
+        point["failures"],
+        point["dropped_by_client"],
+        f"{started:.2f} / {os.getloadavg()[0]:.2f}",
     )
 
 
@@ -146,20 +132,21 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--replicas", type=int, nargs="+", default=[1, 2, 3])
-    p.add_argument("--minutes", type=float, default=0.5, help="length of each soak run")
+    p.add_argument("--recording", default="continuous", help="a name in bench/corpus/")
     p.add_argument(
         "--target-p95",
         type=float,
-        default=5.0,
-        help="word-emit latency p95, s (default 5: where IsweepWordEmitLagHigh fires)",
+        default=4.0,
+        help="word lag p95, s (default 4: the 1-session figure of the tuning set, rounded up)",
     )
-    p.add_argument("--start-sessions", type=int, default=1)
+    p.add_argument("--start-sessions", type=int, default=2)
+    p.add_argument("--step", type=int, default=2, help="sessions added or removed per run")
     p.add_argument("--max-sessions", type=int, default=12)
     args = p.parse_args()
     cores = os.cpu_count() or 1
     log = Path(tempfile.mkdtemp(prefix="isweep-scaleout-")) / "run-local.log"
     print(f"cores: {cores}")
-    print(f"target: word-emit latency p95 <= {args.target_p95:g} s, all 200, none backwards")
+    print(f"target: word lag p95 <= {args.target_p95:g} s, all 200, none dropped as backwards")
     print(f"run-local log: {log}")
     held: dict[int, Run | None] = {}
     for replicas in args.replicas:
@@ -171,15 +158,16 @@ def main() -> int:
             sessions = max(1, last(held) or args.start_sessions)
             step = 0
             while 1 <= sessions <= args.max_sessions:
-                run = soak(f"http://127.0.0.1:{port}", sessions, args.minutes, replicas)
+                run = replay(f"http://127.0.0.1:{port}", sessions, args.recording, replicas)
                 ok = run.met(args.target_p95)
                 print(
-                    f"replicas {replicas} sessions {sessions}: p50 {run.p50} s p95 {run.p95} s "
+                    f"replicas {replicas} sessions {sessions}: p50 {run.p50:.2f} s "
+                    f"p95 {run.p95:.2f} s "
                     f"errors {run.errors} backwards {run.backwards} load {run.load} "
                     f"-> {'met' if ok else 'missed'}",
                     flush=True,
                 )
-                step = step or (1 if ok else -1)
+                step = step or (args.step if ok else -args.step)
                 if ok:
                     best = run
                 if ok != (step > 0):
