@@ -11,6 +11,7 @@ Committed words come out in time order, each once; the buffer behind them can th
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -58,7 +59,7 @@ class LocalAgreementPolicy:
         agreement_probability: float = 0.0,
     ) -> None:
         self.deadline_samples = round(deadline_seconds * SAMPLE_RATE)
-        # 0 s or a probability above 1 turns the first-sight rule off.
+        # 0 s turns the first-sight rule off.
         self.stable_after_samples = round(stable_after_seconds * SAMPLE_RATE)
         self.stable_probability = stable_probability
         self.agreement_probability = agreement_probability
@@ -116,10 +117,9 @@ class LocalAgreementPolicy:
             # At a speech onset the passes have no prompt and little audio, and two of them
             # can agree on a guess ("How do you marry" for "Had he married"): a word Whisper
             # itself doubts waits for more audio.
-            sure = 0
-            while sure < agreed and new[sure].probability >= self.agreement_probability:
-                sure += 1
-            agreed = sure
+            agreed = _prefix_length(
+                new[:agreed], lambda w: w.probability >= self.agreement_probability
+            )
         self._commit(new[:agreed], decision)
         decision.by_agreement = agreed
         rest = new[agreed:]
@@ -163,14 +163,10 @@ class LocalAgreementPolicy:
         pass would say, and waiting for that pass costs a blob interval of lag."""
         if self.stable_after_samples <= 0:
             return 0
-        n = 0
-        while (
-            n < len(words)
-            and words[n].end <= audio_end - self.stable_after_samples
-            and words[n].probability >= self.stable_probability
-        ):
-            n += 1
-        return n
+        latest_end = audio_end - self.stable_after_samples
+        return _prefix_length(
+            words, lambda w: w.end <= latest_end and w.probability >= self.stable_probability
+        )
 
     def _drop_already_committed(self, words: list[Word]) -> list[Word]:
         """The part of a new hypothesis after what is already committed.
@@ -263,15 +259,23 @@ def _same_utterance(heard: Word, committed: Word) -> bool:
     )
 
 
+def _prefix_length(words: list[Word], holds: Callable[[Word], bool]) -> int:
+    """How many leading words `holds` is true of."""
+    n = 0
+    while n < len(words) and holds(words[n]):
+        n += 1
+    return n
+
+
 def _agreed_length(previous: list[Word], current: list[Word]) -> int:
     """How many leading words of `current` the previous pass confirms.
 
-    The words the two passes share, in order, by spelling and time (difflib's alignment, then
-    `_same_utterance`),
-    confirm everything in `current` up to the last of them: a word between two confirmed ones
-    that the passes heard differently ("feet" then "feeds") is taken as the current pass
-    heard it, with more audio after it. Only short disputes are bridged; a longer one means
-    the passes disagree about the speech, and the agreement stops before it.
+    The words the two passes share, in order, by spelling (difflib's alignment) and time
+    (`_same_utterance`), confirm everything in `current` up to the last of them: a word
+    between two confirmed ones that the passes heard differently ("feet" then "feeds") is
+    taken as the current pass heard it, with more audio after it. Only short disputes are
+    bridged; a longer one means the passes disagree about the speech, and the agreement stops
+    before it.
     """
     matcher = difflib.SequenceMatcher(
         None, [w.key for w in previous], [w.key for w in current], autojunk=False
