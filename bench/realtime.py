@@ -42,6 +42,9 @@ DEFAULT_CURVE = (
 )
 # The issue's targets (tiny.en, int8, 2 cores): sessions -> (lag p50, lag p95, WER x, WER +).
 TARGETS = {1: (1.5, 2.5, 1.15, 0.02), 4: (2.0, 3.0, 1.15, 0.02), 6: (None, None, 1.3, 0.03)}
+# The lag floor: the stability rule's audio after a word, and a pass's typical answer time.
+FLOOR_AFTER_SECONDS = 0.3
+FLOOR_ANSWER_SECONDS = 0.2
 STREAM_INTERVAL_SECONDS = (1.0, 2.0)  # start(1000), then start(2000) after a restart
 CpuReader = Callable[[], Awaitable[float | None]]
 
@@ -392,6 +395,39 @@ async def run_all(
     return points
 
 
+def lag_floor(rec: corpus.Recording, after: float = FLOOR_AFTER_SECONDS) -> list[float]:
+    """Each word's lag had it been committed by the first pass with `after` seconds of audio
+    past it, answered FLOOR_ANSWER_SECONDS after that blob arrived: what the blob cadence alone
+    costs, whatever the policy."""
+    lags = []
+    for word in rec.words:
+        if not word.sent or not word.tokens:
+            continue
+        ready = word.audio_end_seconds + after
+        blob = next((b for b in rec.sent if b.at_seconds >= ready), None)
+        if blob is not None:
+            lags.append(blob.at_seconds + FLOOR_ANSWER_SECONDS - word.audio_end_seconds)
+    return lags
+
+
+def print_floor(points: list[Point]) -> None:
+    f = benchlib.fmt
+    names = list(dict.fromkeys(p.recording for p in points))
+    pooled: list[float] = []
+    print(
+        f"lag floor (every word committed by the first pass with {FLOOR_AFTER_SECONDS} s of audio "
+        f"after it, answered {FLOOR_ANSWER_SECONDS} s after its blob), p50 / p95:"
+    )
+    for name in names:
+        lags = lag_floor(corpus.load(name))
+        pooled += lags
+        print(f"  {name:<16} {f(benchlib.pct(lags, 0.5), 2)} / {f(benchlib.pct(lags, 0.95), 2)}")
+    if len(names) > 1:
+        print(
+            f"  {'ALL':<16} {f(benchlib.pct(pooled, 0.5), 2)} / {f(benchlib.pct(pooled, 0.95), 2)}"
+        )
+
+
 def print_table(args: argparse.Namespace, points: list[Point]) -> None:
     print(HEADER)
     for sessions in args.sessions:
@@ -401,6 +437,7 @@ def print_table(args: argparse.Namespace, points: list[Point]) -> None:
         print(row("ALL", sessions, summary(mine)))
         if args.model == "tiny.en":
             print(target_check(sessions, mine))
+    print_floor(points)
 
 
 def parse_settings(pairs: list[str]) -> dict[str, str]:

@@ -85,6 +85,7 @@ async def readyz(request: web.Request) -> web.Response:
         "model_source": info.source,
         "device": info.device,
         "compute_type": info.compute_type,
+        "beam_size": info.beam_size,
         "sessions": len(runtime.registry),
         "pass_workers": workers,
         "pass_workers_alive": alive,

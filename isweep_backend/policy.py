@@ -20,6 +20,8 @@ from .engine import SAMPLE_RATE, PassResult, Word
 if TYPE_CHECKING:
     from .settings import Settings
 
+# The most the deadline is brought forward when passes come more than a second apart.
+MAX_DEADLINE_ADVANCE_SAMPLES = SAMPLE_RATE
 # A new word starting this much before the last committed end is the same word heard again.
 REHEARD_TOLERANCE_SAMPLES = SAMPLE_RATE // 10
 # How far Whisper's times for a word it hears again may stray from the committed word's times.
@@ -33,6 +35,11 @@ MAX_OVERLAP_WORDS = 5
 # between agreed ones is settled by the newer pass.
 MAX_DISPUTED_WORDS = 1
 OVERLAP_WINDOW_SAMPLES = SAMPLE_RATE
+# At a speech onset, an agreed first word Whisper doubts (down to this probability) is taken
+# when this many agreed words after it were heard with at least this probability.
+ONSET_FIRST_WORD_FLOOR = 0.2
+ONSET_SURE_WORDS = 3
+ONSET_SURE_PROBABILITY = 0.85
 PROMPT_CHARS = 200
 # Audio kept before the newest sample when the buffer holds no speech at all.
 SILENCE_KEEP_SAMPLES = SAMPLE_RATE
@@ -72,6 +79,7 @@ class LocalAgreementPolicy:
         # it is a new start, and gets no prompt until the buffer is next cut behind its words.
         self._after_silence = False
         self._hypothesis: list[Word] = []
+        self._last_audio_end: int | None = None  # where the previous pass's audio ended
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalAgreementPolicy:
@@ -106,6 +114,7 @@ class LocalAgreementPolicy:
 
     def apply(self, result: PassResult, buffer_start: int) -> CommitDecision:
         decision = CommitDecision()
+        deadline_advance = self._deadline_advance(result)
         if result.skipped_by_vad:
             self._hypothesis = []
             decision.trim_to = max(buffer_start, result.audio_end - SILENCE_KEEP_SAMPLES)
@@ -113,13 +122,8 @@ class LocalAgreementPolicy:
             return decision
         new = self._drop_already_committed(result.words)
         agreed = _agreed_length(self._hypothesis, new)
-        if self._after_silence or not self._recent_committed:
-            # At a speech onset the passes have no prompt and little audio, and two of them
-            # can agree on a guess ("How do you marry" for "Had he married"): a word Whisper
-            # itself doubts waits for more audio.
-            agreed = _prefix_length(
-                new[:agreed], lambda w: w.probability >= self.agreement_probability
-            )
+        if self.at_onset:
+            agreed = self._onset_agreed_length(new, agreed)
         self._commit(new[:agreed], decision)
         decision.by_agreement = agreed
         rest = new[agreed:]
@@ -143,9 +147,8 @@ class LocalAgreementPolicy:
             decision.by_end_of_speech = finished
             self._commit(rest[:finished], decision)
             rest = rest[finished:]
-        overdue = 0
-        while overdue < len(rest) and rest[overdue].end <= result.audio_end - self.deadline_samples:
-            overdue += 1
+        overdue_before = result.audio_end - self.deadline_samples + deadline_advance
+        overdue = _prefix_length(rest, lambda w: w.end <= overdue_before)
         if overdue:
             decision.by_deadline = overdue
             self._commit(rest[:overdue], decision)
@@ -155,6 +158,50 @@ class LocalAgreementPolicy:
         if decision.trim_to is not None and decision.trim_to > buffer_start:
             self._after_silence = False
         return decision
+
+    def _deadline_advance(self, result: PassResult) -> int:
+        """How much sooner than the deadline a word is committed unconfirmed, in samples.
+
+        The deadline is checked once a pass, and was chosen at a pass a second (the
+        recorder's 1 s timeslice): a word just short of it waits one pass more. When passes
+        come further apart (2 s blobs after a recorder restart, or a loaded service), that
+        wait grows with them: a word can wait the deadline and a whole 2 s pass interval. The
+        deadline then comes sooner by the interval's excess over a second, at most a second:
+        up to 2 s of lag less for a word after a restart, at the cost of one pass fewer to
+        confirm it.
+        """
+        previous, self._last_audio_end = self._last_audio_end, result.audio_end
+        if previous is None:
+            return 0
+        return min(max(result.audio_end - previous - SAMPLE_RATE, 0), MAX_DEADLINE_ADVANCE_SAMPLES)
+
+    @property
+    def at_onset(self) -> bool:
+        """Whether the speech in the buffer is a new start: the session's first words, or
+        words after a silence VAD skipped."""
+        return self._after_silence or not self._recent_committed
+
+    def _onset_agreed_length(self, words: list[Word], agreed: int) -> int:
+        """How many of the `agreed` leading words to commit at a speech onset.
+
+        There the passes have no prompt and little audio, and two of them can agree on a
+        guess ("How do you marry" for "Had he married"): a word Whisper itself doubts waits
+        for more audio. Only a sentence's first word may be doubtful, heard without the
+        sentence before it ("Unless" at 0.35), when the words after it are sure: a guess is
+        doubtful throughout ("How" 0.21, "do" 0.56).
+        """
+        first = 0
+        if (
+            agreed > ONSET_SURE_WORDS
+            and words[0].probability >= ONSET_FIRST_WORD_FLOOR
+            and all(
+                w.probability >= ONSET_SURE_PROBABILITY for w in words[1 : 1 + ONSET_SURE_WORDS]
+            )
+        ):
+            first = 1
+        return first + _prefix_length(
+            words[first:agreed], lambda w: w.probability >= self.agreement_probability
+        )
 
     def _stable_prefix_length(self, words: list[Word], audio_end: int) -> int:
         """How many leading words need no second pass: Whisper's doubt sits in the last second

@@ -29,7 +29,9 @@ async def test_health_and_readiness_report_the_model(make_client: ClientFactory)
     assert (await client.get("/healthz")).status == 200
     ready = await client.get("/readyz")
     assert ready.status == 200
-    assert (await ready.json())["model"] == "tiny.en"
+    body = await ready.json()
+    assert body["model"] == "tiny.en"
+    assert (body["device"], body["compute_type"], body["beam_size"]) == ("cpu", "int8", 1)
 
 
 async def test_malformed_requests_get_400_with_a_json_error(make_client: ClientFactory) -> None:

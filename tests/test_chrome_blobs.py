@@ -418,7 +418,7 @@ def offline_words(engine: Engine, settings: Settings) -> list[tuple[str, float, 
     segments, _ = engine._model.transcribe(
         wav,
         language="en",
-        beam_size=settings.beam_size,
+        beam_size=engine.info.beam_size,
         vad_filter=False,
         condition_on_previous_text=False,
         word_timestamps=True,

@@ -438,3 +438,38 @@ def test_at_a_speech_onset_two_passes_agreeing_on_a_doubtful_word_do_not_commit_
     p.apply(result(later, 4.0), 0)
     got = p.apply(result(later, 4.5), 0)
     assert [w.key for w in got.words] == ["so", "it"]
+
+
+def test_at_a_speech_onset_a_doubtful_first_word_before_sure_ones_commits_on_agreement() -> None:
+    # A sentence's first word, heard without the sentence before it, is often doubted even
+    # when right; the sure words after it say the passes are not guessing.
+    p = tuned(stable_after_samples=0)
+    start = said(
+        ("unless", 0.0, 0.3, 0.34),
+        ("to", 0.3, 0.4, 0.95),
+        ("be", 0.4, 0.5, 1.0),
+        ("rather", 0.5, 0.8, 0.98),
+        ("cold", 0.8, 1.1, 0.93),
+    )
+    assert p.apply(result(start, 1.5), 0).words == []
+    got = p.apply(result(start, 2.5), 0)
+    assert [w.key for w in got.words] == ["unless", "to", "be", "rather", "cold"]
+
+
+def doubted(text: str) -> list[Word]:
+    """A word the passes keep hearing differently, so only the deadline commits it."""
+    return said((text, 1.0, 1.5, 0.3))
+
+
+def test_the_deadline_comes_sooner_when_passes_are_two_seconds_apart() -> None:
+    # A pass a second: at 4.0 s the word is 2.5 s old and waits for the pass at 5.0 s.
+    each_second = tuned()
+    for audio_end, text in ((2.0, "vat"), (3.0, "fat"), (4.0, "that")):
+        got = each_second.apply(result(doubted(text), audio_end), 0)
+    assert got.words == []
+    # 2 s blobs after a recorder restart: waiting for the pass at 6.0 s would make it 4.5 s.
+    every_two = tuned()
+    every_two.apply(result(doubted("vat"), 2.0), 0)
+    got = every_two.apply(result(doubted("fat"), 4.0), 0)
+    assert [w.key for w in got.words] == ["fat"]
+    assert got.by_deadline == 1

@@ -51,7 +51,7 @@ def offline_transcript(engine: Engine, settings: Settings, pcm: np.ndarray) -> s
     segments, _ = engine._model.transcribe(
         pcm,
         language="en",
-        beam_size=settings.beam_size,
+        beam_size=engine.info.beam_size,
         vad_filter=False,
         condition_on_previous_text=False,
     )
