@@ -44,6 +44,12 @@ SessionKey = tuple[str, int]
 DEFAULT_BLOB_SECONDS = 1.0
 # `chunk_start_seconds` is the client's own count and only a hint: no timeslice is this long.
 MAX_BLOB_SECONDS = 10.0
+# What Chrome really puts in a blob of the 1 s timeslice: 17 Opus frames of 60 ms (every
+# recording in bench/corpus/; the 2 s timeslice after a restart gives 34, 2.04 s).
+CHROME_BLOB_SECONDS = 1.02
+# A recorder restart loses the audio since the last regular blob (none to a whole blob) and
+# the recorder's stop; a session that joins after one can only take the middle.
+RESTART_LOSS_GUESS_SECONDS = 0.55
 # From stop() to the new stream's first sample the recorder records nothing: 10 to 55 ms
 # measured (tests/fixtures/chrome/README.md); the bound on a restart's lost span allows this.
 RECORDER_STOP_SECONDS = 0.1
@@ -66,10 +72,26 @@ def timeline_origin_seconds(
     times at 0: the extension drops words that go backwards. The client's count is a floor
     (it counts whole timeslices, not the 1.02 s Chrome really puts in a blob, nor the blob a
     recorder restart drops); where the stream's own clock says more, that is nearer the truth.
+
+    After a recorder restart the stream's clock began again, and the count falls behind by
+    0.02 s a blob before the restart, 0.04 s a blob after it, and the audio the restart lost:
+    over a second after a minute, six after ten. The extension would drop the moved session's
+    words until its times caught up. The count itself says where the restart was (it adds 1 s
+    a blob before and 2 s after), so the origin is the blobs before it at Chrome's length, the
+    middle of what a restart loses, and the new stream's own clock: within about half a
+    second of where the first process had the audio, however long the capture ran.
     """
     hint = seq * DEFAULT_BLOB_SECONDS if chunk_start_seconds is None else chunk_start_seconds
-    # Both are the client's claims: bound them by what `seq` blobs can hold.
-    return min(max(hint, joined_stream_seconds or 0.0, 0.0), seq * MAX_BLOB_SECONDS)
+    estimate = joined_stream_seconds or 0.0
+    if chunk_start_seconds is not None and joined_stream_seconds is not None:
+        since_restart = round(chunk_start_seconds - seq)  # blobs the client counted at 2 s
+        if 0 < since_restart <= seq:
+            before = seq - since_restart
+            estimate = (
+                before * CHROME_BLOB_SECONDS + RESTART_LOSS_GUESS_SECONDS + joined_stream_seconds
+            )
+    # All of it rests on the client's claims: bound it by what `seq` blobs can hold.
+    return min(max(hint, estimate, 0.0), seq * MAX_BLOB_SECONDS)
 
 
 def restart_fill_samples(

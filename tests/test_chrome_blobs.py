@@ -208,8 +208,9 @@ def test_a_joined_sessions_clock_starts_at_the_clients_count_or_the_streams_if_l
     assert timeline_origin_seconds(10, None, None) == 10.0  # seq x 1 s without the hint
     # Chrome's 1 s blobs hold 1.02 s: after a while its stream clock is ahead of the count.
     assert timeline_origin_seconds(300, 300.0, 306.1) == 306.1
-    # After a recorder restart the stream clock began again: the count is the floor.
-    assert timeline_origin_seconds(12, 14.0, 4.2) == 14.0
+    # After a recorder restart (the count says 2 blobs of 2 s) the stream clock began again:
+    # 10 blobs of 1.02 s, half of what a restart loses, then the new stream's 4.2 s.
+    assert timeline_origin_seconds(12, 14.0, 4.2) == pytest.approx(10.2 + 0.55 + 4.2)
     # Client claims are bounded by what seq blobs can hold.
     assert timeline_origin_seconds(3, 1e12, None) == 30.0
     assert timeline_origin_seconds(3, -5.0, None) == 0.0
@@ -335,6 +336,33 @@ def test_a_gap_just_before_a_restart_is_carried_across_it() -> None:
     fill = restart_fill_samples(result.restart, gap, new_audio)
     expected = 1.02 + true_restart_loss_seconds()
     assert abs(fill / SAMPLE_RATE - expected) <= 0.1, (fill / SAMPLE_RATE, expected)
+
+
+def test_a_session_joined_after_a_restart_starts_where_the_first_process_had_its_audio() -> None:
+    # Another process (a failover, a restart) gets the capture mid-stream after the recorder
+    # restart. Its clock must continue the first process's, or the extension drops its words
+    # as going backwards: the client's count alone was 0.58 to 0.74 s behind here, and falls
+    # further behind the longer the capture runs.
+    from isweep_backend.session import restart_fill_samples, timeline_origin_seconds
+
+    first_process = SessionDecoder()
+    timeline, at = [], 0
+    for seq, blob in enumerate(RESTART_BLOBS):
+        timeline.append(at / SAMPLE_RATE)
+        result = first_process.decode(blob)
+        at += result.pcm.size
+        if result.restart is not None:
+            gap = SENT_AT[seq] - SENT_AT[seq - 1]
+            new_audio = result.pcm.size - result.restart.at_sample
+            at += restart_fill_samples(result.restart, gap, new_audio)
+    counts = extension_chunk_starts(RESTART_BLOBS)
+    for seq in range(NEW_STREAM + 1, len(RESTART_BLOBS)):
+        joined = SessionDecoder()
+        joined.allow_joining_mid_stream()
+        joined.decode(RESTART_BLOBS[seq])
+        origin = timeline_origin_seconds(seq, counts[seq], joined.joined_stream_seconds)
+        # Off by what this restart lost against the middle guess: 0.09 s here, 0.55 at most.
+        assert abs(origin - timeline[seq]) <= 0.3, (seq, origin, timeline[seq])
 
 
 # --- through the real app and model, at the pace the blobs were recorded --------------------
