@@ -226,21 +226,33 @@ class LocalAgreementPolicy:
         new speech, and the second blocked word must still reach the client.
         """
         tail = self._committed_tail
+        # A committed word pairs only with the word of its spelling that ends nearest it:
+        # within Whisper's jitter, "no, no" said 0.05 s apart could pair either way, and a
+        # run shifted by one word leaves the committed "no" to be committed again.
+        nearest = [_nearest_same_word(words, c) for c in tail]
         best: tuple[int, int, int] | None = None  # (run length, -time distance, cut index)
         for cut in range(1, len(words) + 1):
             distance = abs(words[cut - 1].end - self.committed_end)
             if distance > OVERLAP_WINDOW_SAMPLES:
                 continue
             run = 0
-            while run < min(MAX_OVERLAP_WORDS, cut, len(tail)) and _same_utterance(
-                words[cut - 1 - run], tail[-1 - run]
+            while (
+                run < min(MAX_OVERLAP_WORDS, cut, len(tail))
+                and nearest[len(tail) - 1 - run] == cut - 1 - run
+                and _same_utterance(words[cut - 1 - run], tail[-1 - run])
             ):
                 run += 1
             if run and (best is None or (run, -distance) > best[:2]):
                 best = (run, -distance, cut)
-        if best is not None:
-            return words[best[2] :]
-        return [w for w in words if w.start >= self.committed_end - REHEARD_TOLERANCE_SAMPLES]
+        if best is None:
+            return [w for w in words if w.start >= self.committed_end - REHEARD_TOLERANCE_SAMPLES]
+        rest = words[best[2] :]
+        # A word that begins inside a committed word of its spelling is that word again (one
+        # an earlier pass cut at the buffer's end, heard whole now), never a new utterance.
+        again = _prefix_length(
+            rest, lambda w: any(w.key == c.key and w.start < c.end for c in tail)
+        )
+        return rest[again:]
 
     def _commit(self, words: list[Word], decision: CommitDecision) -> None:
         for word in words:
@@ -304,6 +316,12 @@ def _same_utterance(heard: Word, committed: Word) -> bool:
         and heard.start < committed.end + REHEARD_JITTER_SAMPLES
         and heard.end > committed.start - REHEARD_JITTER_SAMPLES
     )
+
+
+def _nearest_same_word(words: list[Word], committed: Word) -> int | None:
+    """The index of the word of `committed`'s spelling that ends nearest it, if any."""
+    same = [i for i, w in enumerate(words) if w.key == committed.key]
+    return min(same, key=lambda i: abs(words[i].end - committed.end), default=None)
 
 
 def _prefix_length(words: list[Word], holds: Callable[[Word], bool]) -> int:

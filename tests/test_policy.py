@@ -473,3 +473,22 @@ def test_the_deadline_comes_sooner_when_passes_are_two_seconds_apart() -> None:
     got = every_two.apply(result(doubted("fat"), 4.0), 0)
     assert [w.key for w in got.words] == ["fat"]
     assert got.by_deadline == 1
+
+
+def test_a_word_missed_between_two_of_the_same_spelling_does_not_recommit_the_second() -> None:
+    # "go, no, no" said 0.05 s apart: the passes commit "go" and the second "no", missing the
+    # first; a later pass hears all three. Within Whisper's jitter the new first "no" could
+    # stand for the committed one, and the committed "no" would then look new (found by the
+    # policy property test below).
+    p = policy()
+    committed: list[Word] = []
+    for heard_words, audio_end in (
+        (words(("go", 1.90, 2.20)), 2.2),
+        (words(("go", 1.90, 2.50)), 2.5),
+        (words(("no", 3.32, 3.40)), 3.4),
+        (words(("no", 3.12, 3.27)), 3.7),
+        (words(("go", 1.90, 2.56), ("no", 2.91, 3.07), ("no", 3.12, 3.27)), 4.6),
+        (words(("go", 1.90, 2.56), ("no", 2.91, 3.07), ("no", 3.12, 3.27)), 4.9),
+    ):
+        committed += p.apply(result(heard_words, audio_end), 0).words
+    assert [w.key for w in committed] == ["go", "no"]
