@@ -278,10 +278,12 @@ def whisper(data: st.DataObject, spoken: list[Spoken], start: float, end: float)
 
 
 def utterance_of(word: Word, spoken: list[Spoken]) -> int:
-    """The spoken word a committed one stands for: same spelling, nearest end."""
+    """The spoken word a committed one stands for: same spelling, nearest start. Not the
+    end: a long word cut at the end of two buffers is committed with the cut end, nearer the
+    end of the same word said before it than its own."""
     same = [i for i, w in enumerate(spoken) if w.key == word.key]
     assert same, word
-    return min(same, key=lambda i: abs(spoken[i].end - word.end / S))
+    return min(same, key=lambda i: abs(spoken[i].start - word.start / S))
 
 
 @given(st.data())
