@@ -5,12 +5,12 @@ Each sent blob is decoded as the server decodes it (a recorder restart's lost au
 with silence as the session fills it) and triggers one pass over the buffer when at least
 `min_pass_audio_seconds` is new; a pass starts when its blob has arrived and the previous pass
 ended, and lasts `--pass-seconds` plus `--pass-per-audio-second` per second of buffer (one
-1-thread worker, which is what one session gets). Its words go out with the first answer
-after it ends: its own request's if it ends within `response_wait_seconds` of the blob's
-arrival, else a later one's. Which windows the passes see therefore never depends on the
-machine's load, so two runs of the same policy give the same figures; only the scoring's
-lags are modelled. The lag, WER and lost/invented figures are scored exactly as realtime.py
-scores them.
+1-thread worker, which is what one session gets), or with `--measured` what it took here.
+Its words go out with the first answer after it ends: its own request's if it ends within
+`response_wait_seconds` of the blob's arrival, else a later one's. Which windows the passes
+see therefore never depends on the machine's load, so two runs of the same policy give the
+same figures; only the scoring's lags are modelled (and, with `--measured`, measured). The
+lag, WER and lost/invented figures are scored exactly as realtime.py scores them.
 
     python bench/policy_replay.py [--recordings NAME ...] [--set KEY=VALUE ...]
 """
@@ -33,6 +33,9 @@ from isweep_backend.ringbuffer import PcmRingBuffer
 from isweep_backend.schema import segments_from_words
 from isweep_backend.session import restart_fill_samples
 from isweep_backend.settings import Settings, load_settings
+
+# What a pass costs on the server beyond the model: the executor hop, the policy, the answer.
+MEASURED_OVERHEAD_SECONDS = 0.03
 
 
 @dataclass
@@ -71,13 +74,17 @@ def replay(
         if ring.end - processed >= min_new:
             request = PassRequest(ring.window(), ring.start, policy.prompt(ring.start), "en")
             started = max(blob.at_seconds, pass_free_at)
-            ended = (
-                started
-                + args.pass_seconds
-                + args.pass_per_audio_second * (request.audio.size / SAMPLE_RATE)
-            )
+            heard = engine.run_pass(request)
+            if args.measured:
+                ended = started + heard.inference_seconds + MEASURED_OVERHEAD_SECONDS
+            else:
+                ended = (
+                    started
+                    + args.pass_seconds
+                    + args.pass_per_audio_second * (request.audio.size / SAMPLE_RATE)
+                )
             pass_free_at = ended
-            decision = policy.apply(engine.run_pass(request), ring.start)
+            decision = policy.apply(heard, ring.start)
             processed = request.offset + request.audio.size
             if decision.trim_to is not None:
                 ring.trim_to(decision.trim_to)
@@ -98,8 +105,13 @@ def main() -> None:
     parser.add_argument("--recordings", nargs="*")
     parser.add_argument("--holdout", action="store_true")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--pass-seconds", type=float, default=0.08)
-    parser.add_argument("--pass-per-audio-second", type=float, default=0.03)
+    parser.add_argument("--pass-seconds", type=float, default=0.04)
+    parser.add_argument("--pass-per-audio-second", type=float, default=0.023)
+    parser.add_argument(
+        "--measured",
+        action="store_true",
+        help="each pass lasts what it took here (tail effects of slow passes; not repeatable)",
+    )
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--dump", type=Path, help="write the answers here, as realtime.py does")
     args = parser.parse_args()

@@ -11,7 +11,14 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from isweep_backend.engine import Engine, PassResult, SpeechRegion, Word, cut_repetition_loop
+from isweep_backend.engine import (
+    Engine,
+    PassRequest,
+    PassResult,
+    SpeechRegion,
+    Word,
+    cut_repetition_loop,
+)
 from isweep_backend.policy import LocalAgreementPolicy
 from isweep_backend.settings import Settings
 from tests.audio_tools import FIXTURES, Pcm, read_wav
@@ -211,6 +218,47 @@ def test_a_sentence_after_five_seconds_of_silence_gets_no_invented_words(
     got = stream_through_policy(engine, settings, pcm, step_seconds=1.0, phase=phase)
     after = [w.key for w in got.words if w.start >= first.size + 5 * S]
     assert after == ["go", "forward", "10", "meters"], got.passes[-6:]
+
+
+def encoder_calls(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Spy on the model's encoder: one entry per window a pass encodes."""
+    model = engine._model
+    calls: list[int] = []
+    real = model.encode
+
+    def counted(features: object) -> object:
+        calls.append(1)
+        return real(features)
+
+    monkeypatch.setattr(model, "encode", counted)
+    return calls
+
+
+def test_a_pass_leaves_the_last_second_after_its_words_to_the_next_pass(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 6.3 s of a LibriVox sentence, cut inside "for": the window's text stops at "do", and
+    # faster-whisper would encode and decode a second window over the 0.2 s after it (0.1 s
+    # of a 0.25 s pass here), to hear what the next pass hears better anyway.
+    pcm, _ = read_wav(FIXTURES / "speech" / "sense_and_sensibility_0870.wav")
+    calls = encoder_calls(engine, monkeypatch)
+    got = engine.run_pass(PassRequest(pcm[: round(6.3 * S)], 0, "", "en"))
+    assert len(calls) == 1
+    assert [w.key for w in got.words][-4:] == ["his", "power", "to", "do"]
+
+
+def test_words_cut_off_well_before_the_end_of_the_buffer_still_get_a_second_window(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A window whose text stops seconds before the buffer's end (here at a token budget of 30
+    # for 7.1 s, the guard against runaway loops): the rest is speech, not a last second, and
+    # faster-whisper's next window still hears it.
+    pcm, _ = read_wav(FIXTURES / "speech" / "sense_and_sensibility_0870.wav")
+    monkeypatch.setattr("isweep_backend.engine.token_budget", lambda samples: 30)
+    calls = encoder_calls(engine, monkeypatch)
+    got = engine.run_pass(PassRequest(pcm, 0, "", "en"))
+    assert len(calls) == 2
+    assert [w.key for w in got.words][-3:] == ["do", "for", "them"]
 
 
 # --- property: passes over a simulated speaker -------------------------------------------------
