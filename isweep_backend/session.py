@@ -397,6 +397,8 @@ class Session:
             m.hallucination_drops.labels("segment").inc(result.dropped_segments)
         if result.dropped_words:
             m.hallucination_drops.labels("outside_speech").inc(result.dropped_words)
+        if decision.dropped_at_end_of_speech:
+            m.hallucination_drops.labels("end_of_speech").inc(decision.dropped_at_end_of_speech)
         if decision.words:
             log.info(
                 "words_committed",

@@ -418,6 +418,34 @@ def test_a_sure_word_with_audio_after_it_is_committed_at_the_first_pass() -> Non
     assert [w.key for w in p.hypothesis] == ["for", "test"]
 
 
+@pytest.mark.parametrize(("probability", "committed"), [(0.16, False), (0.45, True)])
+def test_a_doubted_last_word_at_the_edge_of_silence_is_dropped_not_committed(
+    probability: float, committed: bool
+) -> None:
+    # JFK's "... for your country" then silence: tiny.en ended one pass with "thank" at 0.16,
+    # heard once, and the end-of-speech rule committed it. The real last words of the corpus's
+    # sentences that reach that rule were heard at 0.43 and 0.46.
+    p = tuned()
+    first = p.apply(result(said(("for", 0.2, 0.4, 0.98), ("your", 0.5, 0.7, 0.99)), 1.0), 0)
+    last = p.apply(
+        result(
+            said(
+                ("for", 0.2, 0.4, 0.98),
+                ("your", 0.5, 0.7, 0.99),
+                ("country", 0.8, 1.1, 0.97),
+                ("thank", 1.15, 1.3, probability),
+            ),
+            2.2,
+            speech_end=1.4,
+        ),
+        0,
+    )
+    keys = [w.key for w in first.words + last.words]
+    assert keys == ["for", "your", "country", "thank"][: 4 if committed else 3]
+    assert last.dropped_at_end_of_speech == (0 if committed else 1)
+    assert p.hypothesis == [] and last.trim_to == round(1.4 * S)  # cut in the silence
+
+
 def test_without_the_stability_rule_the_same_word_waits_for_agreement() -> None:
     p = tuned(stable_after_samples=0)
     got = p.apply(result(said(("and", 0.2, 0.4, 0.9), ("ready", 1.0, 1.5, 0.95)), 2.0), 0)
