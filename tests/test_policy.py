@@ -553,6 +553,21 @@ def test_the_deadline_comes_sooner_when_passes_are_two_seconds_apart() -> None:
     assert got.by_deadline == 1
 
 
+def test_a_fairly_sure_word_commits_at_first_sight_when_passes_are_two_seconds_apart() -> None:
+    # "thy" at 0.55 with a second of audio after it: at a pass a second it waits one more
+    # pass for a second opinion; 2 s apart, that opinion would cost 2 s, and it goes now.
+    def heard_at(audio_end: float) -> PassResult:
+        return result(said(("mine", 0.2, 0.5, 0.9), ("thy", 2.2, 2.5, 0.55)), audio_end)
+
+    each_second = tuned()
+    each_second.apply(result(said(("mine", 0.2, 0.5, 0.9)), 2.5), 0)
+    assert each_second.apply(heard_at(3.5), 0).words == []
+    every_two = tuned()
+    every_two.apply(result(said(("mine", 0.2, 0.5, 0.9)), 1.5), 0)
+    got = every_two.apply(heard_at(3.5), 0)
+    assert [w.key for w in got.words] == ["thy"] and got.by_stability == 1
+
+
 def test_a_word_missed_between_two_of_the_same_spelling_does_not_recommit_the_second() -> None:
     # "go, no, no" said 0.05 s apart: the passes commit "go" and the second "no", missing the
     # first; a later pass hears all three. Within Whisper's jitter the new first "no" could
