@@ -263,7 +263,7 @@ class Engine:
             # When a window's text stops inside speech, faster-whisper encodes a new window
             # from the last word's end, even for the 0.1 to 0.5 s the buffer holds after it:
             # a second encoder and decoder run that made a pass over 6 to 9 s of audio half
-            # as long again (0.26 s mean instead of 0.17 on the corpus), so its words missed
+            # as long again (0.26 s mean instead of 0.15 on the corpus), so its words missed
             # the answer's wait more often. That tail is a word still being said; the next
             # pass hears it with a second of audio after it, so it waits for that pass.
             last = segment.words[-1].end if segment.words else segment.end
