@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from isweep_backend.decode import SessionDecoder  # noqa: E402
+from isweep_backend.audio.decode import SessionDecoder  # noqa: E402
 
 MIME = "audio/webm;codecs=opus"
 SLOW_RTT_SECONDS = 0.5  # the extension's slow-round-trip threshold

@@ -24,8 +24,9 @@ import corpus
 import numpy as np
 import textnorm
 
-from isweep_backend.decode import SAMPLE_RATE, SessionDecoder
+from isweep_backend.audio.decode import SessionDecoder
 from isweep_backend.models import resolve_model
+from isweep_backend.timeline import SAMPLE_RATE
 
 MODEL = "tiny.en"
 CUT_WORD_SECONDS = 0.1

@@ -46,11 +46,12 @@ def build(case: str, size: int) -> bytes:
 def run_one(case: str, size: int, lift_step_budget: bool = False) -> None:
     """In the child: build the blob, decode it once as a session's first blob, print."""
     if lift_step_budget:
-        from isweep_backend import budget
+        from isweep_backend.audio import budget
 
         budget.MAX_PARSE_STEPS_PER_BLOB = 1 << 40
-    from isweep_backend.decode import SAMPLE_RATE, SessionDecoder
+    from isweep_backend.audio.decode import SessionDecoder
     from isweep_backend.errors import UndecodableAudio
+    from isweep_backend.timeline import SAMPLE_RATE
 
     blob = build(case, size)
     started = time.perf_counter()
@@ -68,7 +69,7 @@ def queue_latency(threads: int, hostile_sessions: int) -> tuple[float, float]:
     import statistics
     from concurrent.futures import ThreadPoolExecutor
 
-    from isweep_backend.decode import SessionDecoder
+    from isweep_backend.audio.decode import SessionDecoder
     from isweep_backend.errors import UndecodableAudio
     from tests.audio_tools import FIXTURES
     from tests.hostile_audio import webm_resync_storm

@@ -26,13 +26,15 @@ import corpus
 import numpy as np
 import realtime
 
-from isweep_backend.decode import SessionDecoder
-from isweep_backend.engine import SAMPLE_RATE, Engine, PassRequest
+from isweep_backend.audio.decode import SessionDecoder
+from isweep_backend.engine import Engine
 from isweep_backend.policy import LocalAgreementPolicy
+from isweep_backend.recognition import run_pass
 from isweep_backend.ringbuffer import PcmRingBuffer
 from isweep_backend.schema import segments_from_words
 from isweep_backend.session import restart_fill_samples
 from isweep_backend.settings import Settings, load_settings
+from isweep_backend.timeline import SAMPLE_RATE, PassRequest
 
 # What a pass costs on the server beyond the model: the executor hop, the policy, the answer.
 MEASURED_OVERHEAD_SECONDS = 0.03
@@ -74,7 +76,7 @@ def replay(
         if ring.end - processed >= min_new:
             request = PassRequest(ring.window(), ring.start, policy.prompt(ring.start), "en")
             started = max(blob.at_seconds, pass_free_at)
-            heard = engine.run_pass(request)
+            heard = run_pass(engine, request)
             if args.measured:
                 ended = started + heard.inference_seconds + MEASURED_OVERHEAD_SECONDS
             else:

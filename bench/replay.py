@@ -48,7 +48,7 @@ from benchlib import (
     words_of,
 )
 
-from isweep_backend.decode import SAMPLE_RATE
+from isweep_backend.timeline import SAMPLE_RATE
 from tests.audio_tools import cut_blobs, encode_opus_stream, read_wav
 
 # The capture goes on after the speech, as a tab's does: the last words ride on the answers

@@ -61,7 +61,7 @@ from benchlib import (
     words_of,
 )
 
-from isweep_backend.decode import SAMPLE_RATE
+from isweep_backend.timeline import SAMPLE_RATE
 from tests.audio_tools import cut_blobs, encode_opus_stream, read_wav
 
 SAMPLE_SECONDS = 5.0  # /metrics and RSS are sampled this often

@@ -16,12 +16,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .errors import InvalidRequest, ModelNotReady, Overloaded, RateLimited, SessionLimit
 from .keys import METRICS, RUNTIME, SETTINGS
+from .logging import session_hash
 from .openapi import add_docs_routes
 from .ratelimit import retry_after_header
 from .schema import error_body, parse_chunk, segments_from_words
 from .security import caller_of
-from .session import session_hash
 from .settings import instance_name
+from .timeline import to_seconds
 
 log = structlog.get_logger("isweep_backend.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -41,14 +42,14 @@ async def asr_stream(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     # While the model loads, chunks are accepted and buffered (their words come later);
     # only a model that failed to load refuses them.
-    if runtime.error is not None or runtime.registry is None:
+    if runtime.error is not None or runtime.service is None:
         raise ModelNotReady(runtime.error or "the service is starting")
     body = await request.read()
     chunk = parse_chunk(body)
     structlog.contextvars.bind_contextvars(
-        session=session_hash((chunk.user_id, chunk.tab_id)), seq=chunk.seq
+        session=session_hash(chunk.user_id, chunk.tab_id), seq=chunk.seq
     )
-    outcome = await runtime.registry.accept(
+    outcome = await runtime.service.registry.accept(
         chunk, answer_by, caller_of(request, request.app[SETTINGS]), arrived_at
     )
     segments = segments_from_words(outcome.words)
@@ -56,7 +57,7 @@ async def asr_stream(request: web.Request) -> web.Response:
         "chunk_answered",
         arrival=outcome.arrival.value,
         blob_bytes=len(chunk.audio),
-        new_audio_seconds=round(outcome.new_audio_samples / 16000, 3),
+        new_audio_seconds=round(to_seconds(outcome.new_audio_samples), 3),
         decode_error=outcome.decode_error,
         segments=len(segments),
         words=len(outcome.words),
@@ -73,12 +74,13 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    if runtime.engine is None or runtime.registry is None:
+    service = runtime.service
+    if runtime.engine is None or service is None:
         status = "failed" if runtime.error else "loading"
         return web.json_response({"status": status, "error": runtime.error}, status=503)
     info = runtime.engine.info
-    workers = runtime.scheduler.workers if runtime.scheduler is not None else 0
-    alive = runtime.scheduler.workers_alive() if runtime.scheduler is not None else 0
+    workers = service.scheduler.workers
+    alive = service.scheduler.workers_alive()
     body = {
         "status": "ready",
         "model": info.name,
@@ -86,7 +88,7 @@ async def readyz(request: web.Request) -> web.Response:
         "device": info.device,
         "compute_type": info.compute_type,
         "beam_size": info.beam_size,
-        "sessions": len(runtime.registry),
+        "sessions": len(service.registry),
         "pass_workers": workers,
         "pass_workers_alive": alive,
         "instance": instance_name(request.app[SETTINGS]),
@@ -100,9 +102,9 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     m = request.app[METRICS]
-    registry = request.app[RUNTIME].registry
-    if registry is not None:
-        registry.update_buffer_gauges()
+    service = request.app[RUNTIME].service
+    if service is not None:
+        service.registry.update_buffer_gauges()
     resp = web.Response(body=generate_latest(m.registry))
     resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     resp.charset = "utf-8"

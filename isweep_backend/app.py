@@ -12,11 +12,12 @@ from aiohttp import web
 
 from .api import add_routes, error_middleware
 from .engine import Engine
-from .keys import DECODE_EXECUTOR, METRICS, PASS_EXECUTOR, RUNTIME, SETTINGS, Runtime
+from .keys import DECODE_EXECUTOR, METRICS, PASS_EXECUTOR, RUNTIME, SETTINGS, Runtime, Service
 from .metrics import Metrics
+from .registry import SessionRegistry
 from .scheduler import PassScheduler
 from .security import auth_middleware, cors_headers_on_every_answer, cors_middleware
-from .sessions import SessionRegistry
+from .session import SessionContext
 from .settings import Settings, parallelism
 
 log = structlog.get_logger("isweep_backend.app")
@@ -28,9 +29,9 @@ SHUTDOWN_PASS_GRACE_SECONDS = 5.0
 SHUTDOWN_REQUEST_GRACE_SECONDS = 2.0
 SHUTDOWN_EXIT_GRACE_SECONDS = 1.0
 SHUTDOWN_BOUND_SECONDS = 8.0
-# One decode thread for all sessions. Each blob's work is bounded (isweep_backend/budget.py),
-# so a hostile blob holds it for tens of milliseconds at most, and a session that keeps
-# sending such blobs is no longer decoded. More threads gain nothing reliable: demuxing is
+# One decode thread for all sessions. Each blob's work is bounded (audio/budget.py), so a
+# hostile blob holds it for tens of milliseconds at most, and a session that keeps sending
+# such blobs is no longer decoded. More threads gain nothing reliable: demuxing is
 # Python and holds the GIL, so a healthy blob decoded beside a hostile one waits for the GIL
 # at each of its calls into FFmpeg instead of waiting in the queue (bench/hostile_blobs.py
 # --queue measures both).
@@ -61,11 +62,10 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
 async def _shut_down_passes(app: web.Application) -> None:
     # Called once the listening socket is closed, before aiohttp waits for the requests in
     # flight: stopping the passes first is what lets those requests answer promptly.
-    runtime = app[RUNTIME]
-    registry = runtime.registry
-    log.info("shutdown_started", sessions=len(registry) if registry is not None else 0)
-    if runtime.scheduler is not None:
-        await runtime.scheduler.stop(SHUTDOWN_PASS_GRACE_SECONDS)
+    service = app[RUNTIME].service
+    log.info("shutdown_started", sessions=len(service.registry) if service is not None else 0)
+    if service is not None:
+        await service.scheduler.stop(SHUTDOWN_PASS_GRACE_SECONDS)
 
 
 async def _executors(app: web.Application) -> AsyncIterator[None]:
@@ -97,16 +97,9 @@ def _pipeline_ctx(
         )
         # Until the model says otherwise: a forced language, else detect once per session.
         language = None if settings.language == "auto" else settings.language
-        registry = SessionRegistry(
-            settings,
-            metrics,
-            app[DECODE_EXECUTOR],
-            scheduler.request,
-            language,
-            scheduler.overloaded,
-        )
-        runtime.scheduler = scheduler
-        runtime.registry = registry
+        context = SessionContext(settings, metrics, app[DECODE_EXECUTOR], scheduler)
+        registry = SessionRegistry(context, language, scheduler.overloaded)
+        runtime.service = Service(scheduler, registry)
         registry.start()
         loader: asyncio.Task[None] | None = None
         if preloaded is not None:
@@ -142,10 +135,10 @@ async def _load_engine(app: web.Application) -> None:
 def _install_engine(app: web.Application, engine: Engine) -> None:
     metrics = app[METRICS]
     runtime = app[RUNTIME]
-    assert runtime.scheduler is not None and runtime.registry is not None
-    runtime.registry.set_default_language(engine.session_language())
-    runtime.scheduler.start(engine)
-    runtime.registry.request_passes()
+    assert runtime.service is not None
+    runtime.service.registry.set_default_language(engine.session_language())
+    runtime.service.scheduler.start(engine)
+    runtime.service.registry.request_passes()
     info = engine.info
     metrics.model_info.info(
         {

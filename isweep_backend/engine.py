@@ -1,84 +1,37 @@
-"""The recognition engine: one faster-whisper model, loaded once, and the work of one pass
-(VAD, transcription with word timestamps, hallucination guards). Runs in an executor thread;
+"""The faster-whisper adapter: one model, loaded once, behind `recognition.Recognizer`
+(voice activity detection, transcription with word timestamps). Runs in executor threads;
 nothing here touches the event loop.
+
+faster-whisper (and CTranslate2 under it) is imported inside the functions that need it, not
+at the top: the import takes 0.2 to 0.3 s and loads native libraries, which the CLI's
+`--help`, the settings checks and every module that only needs the value types should not
+pay; the service imports it once, while the model loads in the background.
 """
 
 from __future__ import annotations
 
-import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .models import ResolvedModel, resolve_model
-from .ringbuffer import Pcm
+from .recognition import Transcript
 from .settings import Settings, parallelism
+from .timeline import SAMPLE_RATE, Pcm, SpeechRegion, Word, to_seconds
 
-SAMPLE_RATE = 16_000
 FRAMES_PER_SECOND = 100  # Whisper's log-mel hop is 10 ms
 FULL_WINDOW_FRAMES = 30 * FRAMES_PER_SECOND
 # The default beam on a GPU: there a pass of tiny.en takes 0.06 s greedy and 0.11 s with this
 # beam, well inside the answer's wait, and greedy float16 lost more words (bench/README.md).
 GPU_BEAM_SIZE = 5
-# Audio kept before the first speech VAD finds, so Whisper hears the onset.
-SPEECH_LEAD_SAMPLES = SAMPLE_RATE * 3 // 10
-# A word that does not come this close to any VAD speech region is taken as invented (or as
-# the start of speech that VAD has not confirmed yet: the next pass will have it).
-SPEECH_REGION_PAD_SAMPLES = SAMPLE_RATE // 10
-MAX_LOOP_NGRAM = 8
 # Decoding budget: generous for speech (~4 tokens a second), but it stops a looping decoder.
 TOKENS_PER_SECOND_BUDGET = 8
 MIN_TOKEN_BUDGET = 24
 MAX_TOKEN_BUDGET = 220
-# Audio after a window's last word shorter than this gets no window of its own (see run_pass).
+# Audio after a window's last word shorter than this gets no window of its own (see transcribe).
 TAIL_WINDOW_SKIP_SECONDS = 1.0
-
-
-@dataclass(frozen=True)
-class Word:
-    """One recognised word on the session's timeline, in samples since the session began."""
-
-    text: str  # as Whisper spells it, usually with a leading space
-    start: int
-    end: int
-    probability: float
-
-    @property
-    def key(self) -> str:
-        """The word without case, spacing or punctuation, for comparing hypotheses."""
-        return re.sub(r"[^\w']+", "", self.text.lower())
-
-
-@dataclass(frozen=True)
-class SpeechRegion:
-    start: int
-    end: int
-
-
-@dataclass(frozen=True)
-class PassRequest:
-    audio: Pcm
-    offset: int  # session sample index of audio[0]
-    prompt: str
-    language: str | None
-
-
-@dataclass
-class PassResult:
-    words: list[Word] = field(default_factory=list)
-    speech: list[SpeechRegion] = field(default_factory=list)
-    audio_end: int = 0  # session sample index one past the audio this pass saw
-    language: str | None = None
-    skipped_by_vad: bool = False
-    dropped_segments: int = 0  # hallucination guards: compression, loops
-    dropped_words: int = 0  # words outside any speech region
-    inference_seconds: float = 0.0
-
-    @property
-    def speech_end(self) -> int | None:
-        return self.speech[-1].end if self.speech else None
 
 
 @dataclass(frozen=True)
@@ -139,7 +92,7 @@ def choose_compute_type(requested: str, device: str) -> str:
 
 
 class Engine:
-    """One loaded model shared by every session. `run_pass` is called from executor threads."""
+    """One loaded model shared by every session. Its methods are called from executor threads."""
 
     def __init__(self, settings: Settings, model: Any, info: EngineInfo) -> None:
         self._settings = settings
@@ -216,47 +169,37 @@ class Engine:
         spans = get_speech_timestamps(audio, self._vad_options)
         return [SpeechRegion(offset + s["start"], offset + s["end"]) for s in spans]
 
-    def run_pass(self, request: PassRequest) -> PassResult:
-        started = time.perf_counter()
-        audio_end = request.offset + request.audio.size
-        result = PassResult(audio_end=audio_end, language=request.language)
-        result.speech = self.detect_speech(request.audio, request.offset)
-        if not result.speech:
-            result.skipped_by_vad = True
-            result.inference_seconds = time.perf_counter() - started
-            return result
-        clip_from = max(0, result.speech[0].start - request.offset - SPEECH_LEAD_SAMPLES)
-        clip = request.audio[clip_from:]
-        clip_offset = request.offset + clip_from
+    def transcribe(self, clip: Pcm, offset: int, prompt: str, language: str | None) -> Transcript:
         s = self._settings
         segments, info = self._model.transcribe(
             clip,
-            language=request.language,
+            language=language,
             beam_size=self.info.beam_size,
             temperature=0.0,
             word_timestamps=True,
             condition_on_previous_text=False,
-            initial_prompt=request.prompt or None,
+            initial_prompt=prompt or None,
             vad_filter=False,
             no_speech_threshold=s.no_speech_threshold,
             log_prob_threshold=s.log_prob_threshold,
             compression_ratio_threshold=s.compression_ratio_threshold,
             max_new_tokens=token_budget(clip.size),
         )
-        words: list[Word] = []
-        clip_seconds = clip.size / SAMPLE_RATE
+        transcript = Transcript()
+        clip_seconds = to_seconds(clip.size)
         for segment in segments:
             if segment.compression_ratio > s.compression_ratio_threshold:
-                result.dropped_segments += 1
+                # Text that compresses this well repeats itself: a looping decoder.
+                transcript.dropped_segments += 1
                 continue
             for w in segment.words or []:
                 if not any(ch.isalnum() for ch in w.word):
                     continue  # a lone "." or "-": nothing the client could mute or read
-                words.append(
+                transcript.words.append(
                     Word(
                         text=w.word,
-                        start=clip_offset + round(w.start * SAMPLE_RATE),
-                        end=clip_offset + round(w.end * SAMPLE_RATE),
+                        start=offset + round(w.start * SAMPLE_RATE),
+                        end=offset + round(w.end * SAMPLE_RATE),
                         probability=float(w.probability),
                     )
                 )
@@ -269,15 +212,8 @@ class Engine:
             last = segment.words[-1].end if segment.words else segment.end
             if clip_seconds - last < TAIL_WINDOW_SKIP_SECONDS:
                 break
-        result.language = request.language or info.language
-        kept = fit_words_to_speech(words, result.speech)
-        result.dropped_words = len(words) - len(kept)
-        looped = cut_repetition_loop(kept)
-        if len(looped) < len(kept):
-            result.dropped_segments += 1
-        result.words = looped
-        result.inference_seconds = time.perf_counter() - started
-        return result
+        transcript.language = language or info.language
+        return transcript
 
 
 def _path(raw: str) -> Any:
@@ -287,43 +223,5 @@ def _path(raw: str) -> Any:
 
 
 def token_budget(samples: int) -> int:
-    seconds = samples / SAMPLE_RATE
+    seconds = to_seconds(samples)
     return max(MIN_TOKEN_BUDGET, min(MAX_TOKEN_BUDGET, round(TOKENS_PER_SECOND_BUDGET * seconds)))
-
-
-def fit_words_to_speech(words: list[Word], speech: list[SpeechRegion]) -> list[Word]:
-    """Drop words that lie wholly outside speech, and pull word edges that Whisper stretched
-    into the surrounding silence back to the speech region: exact edges mean less muting."""
-    fitted: list[Word] = []
-    pad = SPEECH_REGION_PAD_SAMPLES
-    for word in words:
-        overlapping = [r for r in speech if word.start < r.end + pad and word.end > r.start - pad]
-        if not overlapping:
-            continue
-        start = max(word.start, overlapping[0].start)
-        end = min(word.end, overlapping[-1].end)
-        if end <= start:
-            start, end = word.start, word.end
-        fitted.append(Word(word.text, start, end, word.probability))
-    return fitted
-
-
-def loop_repeats(n: int) -> int:
-    """Repeats of an n-gram that make a loop: "no, no, no" is speech, four times is not."""
-    return 4 if n == 1 else 3
-
-
-def cut_repetition_loop(words: list[Word]) -> list[Word]:
-    """Cut a hypothesis where an n-gram starts repeating itself in a row, keeping its first
-    occurrence: Whisper's typical failure on noise and music."""
-    keys = [w.key for w in words]
-    for start in range(len(keys)):
-        for n in range(1, MAX_LOOP_NGRAM + 1):
-            repeats = loop_repeats(n)
-            end = start + n * repeats
-            if end > len(keys):
-                break
-            gram = keys[start : start + n]
-            if all(keys[start + k * n : start + (k + 1) * n] == gram for k in range(1, repeats)):
-                return words[: start + n]
-    return words

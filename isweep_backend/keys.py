@@ -9,19 +9,26 @@ from aiohttp import web
 
 from .engine import Engine
 from .metrics import Metrics
+from .registry import SessionRegistry
 from .scheduler import PassScheduler
-from .sessions import SessionRegistry
 from .settings import Settings
+
+
+@dataclass(frozen=True)
+class Service:
+    """The pipeline start-up builds: the pass scheduler and the sessions that use it."""
+
+    scheduler: PassScheduler
+    registry: SessionRegistry
 
 
 @dataclass
 class Runtime:
-    """The pipeline: the scheduler and registry from start-up, the engine once the model is
-    loaded, `error` if it failed to load."""
+    """What the app holds as it starts: the service once built, the model once loaded
+    (later: sessions buffer audio meanwhile), `error` if the model failed to load."""
 
+    service: Service | None = None
     engine: Engine | None = None
-    scheduler: PassScheduler | None = None
-    registry: SessionRegistry | None = None
     error: str | None = None
 
 

@@ -5,9 +5,12 @@ through the same processors, so every line on stdout has the same shape and the 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import importlib.util
 import logging
 import re
+import secrets
 import sys
 from typing import Any, TextIO
 
@@ -27,6 +30,16 @@ MAX_LOG_STRING_CHARS = 1000
 # request without our fields): only their warnings get a line.
 _CHATTY_LIBRARIES = ("faster_whisper", "aiohttp.access", "httpx", "huggingface_hub")
 _HANDLER_NAME = "isweep_backend"
+# Keyed per process: a plain hash of a guessable user id could be reversed by trying ids.
+# Sessions live in one process only, so nothing needs the name to survive a restart.
+_SESSION_HASH_KEY = secrets.token_bytes(32)
+
+
+def session_hash(user_id: str, tab_id: int) -> str:
+    """A stable (for this process), non-reversible name for a session, safe to log in place
+    of its ids (which `redact_secrets` refuses to log)."""
+    message = f"{user_id}\x00{tab_id}".encode()
+    return hmac.new(_SESSION_HASH_KEY, message, hashlib.sha256).hexdigest()[:16]
 
 
 def use_json(log_format: str) -> bool:

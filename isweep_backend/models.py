@@ -39,10 +39,6 @@ class ResolvedModel:
     location: str
     source: str  # "bundled", "path" or "hub"
 
-    @property
-    def english_only(self) -> bool:
-        return self.name.endswith(".en") or Path(self.location).name.endswith(".en")
-
 
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .engine import SAMPLE_RATE, PassResult, Word
+from .timeline import SAMPLE_RATE, PassResult, Word
 
 if TYPE_CHECKING:
     from .settings import Settings

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import numpy.typing as npt
 
-Pcm = npt.NDArray[np.float32]
+from .timeline import Pcm
 
 
 class PcmRingBuffer:
@@ -58,9 +57,6 @@ class PcmRingBuffer:
         if self._end != self._start:
             raise ValueError("only an empty buffer's clock can be set")
         self._start = self._end = max(self._end, absolute_sample)
-
-    def append_silence(self, samples: int) -> int:
-        return self.append(np.zeros(samples, dtype=np.float32)) if samples > 0 else 0
 
     def trim_to(self, absolute_sample: int) -> None:
         """Forget everything before `absolute_sample` (clamped to what is kept)."""

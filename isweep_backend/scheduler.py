@@ -2,7 +2,9 @@
 
 Each session is in the queue at most once (a request that finds its session queued or running
 coalesces: the next pass sees all new audio), and a session goes to the back after its pass,
-so sessions take turns. Passes run on an executor the app owns, never on the event loop.
+so sessions take turns. The scheduler alone knows which sessions are queued or running, and
+since when; a session asks (`pending`). Passes run on an executor the app owns, never on the
+event loop.
 
 Under load the service degrades before it refuses: each pass must cover at least the minimum
 new audio plus the current queue wait, so sessions get fewer, longer passes; the registry
@@ -25,10 +27,10 @@ from concurrent.futures import Executor
 
 import structlog
 
-from .decode import SAMPLE_RATE
-from .engine import Engine
 from .metrics import Metrics
+from .recognition import Recognizer, run_pass
 from .session import Session
+from .timeline import to_samples, to_seconds
 
 log = structlog.get_logger("isweep_backend.scheduler")
 WAIT_EWMA_WEIGHT = 0.2
@@ -58,17 +60,20 @@ class PassScheduler:
         min_pass_seconds: float,
         overload_cycle_seconds: float,
     ) -> None:
-        self._engine: Engine | None = None  # set by start(), once the model is loaded
+        self._recognizer: Recognizer | None = None  # set by start(), once the model is loaded
         self._executor = executor
         self._metrics = metrics
         self._workers = workers
-        self._min_new_samples = round(min_pass_seconds * SAMPLE_RATE)
+        self._min_new_samples = to_samples(min_pass_seconds)
         self._wait_ewma = 0.0
         self._cycle_ewma = 0.0  # queue wait + pass: how long a session waits for its words
         self._idle_since: float | None = None  # since when nothing is queued or running
         self._overload_cycle = overload_cycle_seconds
         self._shedding = False
         self._queue: deque[Session] = deque()
+        # Sessions queued or running, each with when it was queued: a second request for
+        # one of them coalesces into its pass.
+        self._queued_at: dict[Session, float] = {}
         self._ready = asyncio.Event()
         self._worker_tasks: dict[int, asyncio.Task[None]] = {}
         self._stopping = False
@@ -89,12 +94,12 @@ class PassScheduler:
     def workers_alive(self) -> int:
         return sum(not task.done() for task in self._worker_tasks.values())
 
-    def start(self, engine: Engine) -> None:
+    def start(self, recognizer: Recognizer) -> None:
         """Start the workers on the loaded model (not once stopping: a model that finishes
         loading during shutdown runs nothing)."""
         if self._stopping:
             return
-        self._engine = engine
+        self._recognizer = recognizer
         for slot in range(self._workers):
             self._spawn_worker(slot)
         self._metrics.pass_workers.set(self._workers)
@@ -121,7 +126,7 @@ class PassScheduler:
     # --- the load signal -----------------------------------------------------------------------
 
     def _oldest_wait(self, now: float) -> float:
-        return now - self._queue[0].pass_enqueued_at if self._queue else 0.0
+        return now - self._queued_at[self._queue[0]] if self._queue else 0.0
 
     def _idle_seconds(self, now: float) -> float:
         return 0.0 if self._idle_since is None else now - self._idle_since
@@ -163,23 +168,26 @@ class PassScheduler:
 
     def min_new_samples(self) -> int:
         extra = min(MAX_DEGRADE_SECONDS, self.load_seconds())
-        return self._min_new_samples + round(extra * SAMPLE_RATE)
+        return self._min_new_samples + to_samples(extra)
 
     # --- the queue -----------------------------------------------------------------------------
 
     def request(self, session: Session) -> None:
         """Queue a pass for `session` if it has enough new audio. A no-op while the model
         loads (the audio waits in the session's buffer) and once the scheduler is stopping."""
-        if self._engine is None or self._stopping:
+        if self._recognizer is None or self._stopping:
             return
-        if session.pass_pending or not session.needs_pass(self.min_new_samples()):
+        if session in self._queued_at or not session.needs_pass(self.min_new_samples()):
             return
         now = time.perf_counter()
         self._note_busy(now)
-        session.pass_pending = True
-        session.pass_enqueued_at = now
+        self._queued_at[session] = now
         self._queue.append(session)
         self._ready.set()
+
+    def pending(self, session: Session) -> bool:
+        """Whether a pass for `session` is queued or running."""
+        return session in self._queued_at
 
     async def _next(self) -> Session:
         while not self._queue:
@@ -243,15 +251,15 @@ class PassScheduler:
     async def _release(self, session: Session) -> None:
         """End a pass that did not complete: the session may queue again, and its waiting
         requests answer with what is committed. Its audio stays for the next pass."""
-        session.pass_pending = False
+        self._queued_at.pop(session, None)
         await session.pass_failed(session.processed_end)
 
     async def _run_pass(self, session: Session) -> None:
-        if session.closed or self._engine is None:
-            session.pass_pending = False
+        if session.closed or self._recognizer is None:
+            self._queued_at.pop(session, None)
             return
         started = time.perf_counter()
-        waited = started - session.pass_enqueued_at
+        waited = started - self._queued_at[session]
         self._wait_ewma = (1 - WAIT_EWMA_WEIGHT) * self._wait_ewma + WAIT_EWMA_WEIGHT * waited
         self._metrics.queue_wait.observe(waited)
         request = session.make_pass_request()
@@ -259,11 +267,11 @@ class PassScheduler:
         self.running += 1
         loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(self._executor, self._engine.run_pass, request)
+            result = await loop.run_in_executor(self._executor, run_pass, self._recognizer, request)
         except Exception:
             self._metrics.passes.labels("error").inc()
             log.exception("pass_failed", session=session.log_key)
-            session.pass_pending = False
+            self._queued_at.pop(session, None)
             await session.pass_failed(request.offset + request.audio.size)
             return
         finally:
@@ -272,19 +280,19 @@ class PassScheduler:
         cycle = waited + elapsed
         self._cycle_ewma = (1 - WAIT_EWMA_WEIGHT) * self._cycle_ewma + WAIT_EWMA_WEIGHT * cycle
         self._metrics.pass_duration.observe(elapsed)
-        self._metrics.pass_audio.observe(request.audio.size / SAMPLE_RATE)
+        self._metrics.pass_audio.observe(to_seconds(request.audio.size))
         self._metrics.passes.labels("vad_skipped" if result.skipped_by_vad else "ok").inc()
         if new_audio > 0:
-            self._metrics.real_time_factor.observe(elapsed / (new_audio / SAMPLE_RATE))
+            self._metrics.real_time_factor.observe(elapsed / to_seconds(new_audio))
         log.debug(
             "pass_done",
             session=session.log_key,
-            audio_seconds=round(request.audio.size / SAMPLE_RATE, 2),
+            audio_seconds=round(to_seconds(request.audio.size), 2),
             queued_seconds=round(waited, 3),
             pass_seconds=round(elapsed, 3),
             vad_skipped=result.skipped_by_vad,
         )
-        session.pass_pending = False
+        self._queued_at.pop(session, None)
         await session.apply_pass(result)
         # Audio that arrived during the pass gets the next turn, behind everyone waiting.
         self.request(session)

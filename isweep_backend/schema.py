@@ -10,8 +10,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .engine import SAMPLE_RATE, Word
 from .errors import InvalidRequest
+from .timeline import SAMPLE_RATE, Word
 
 MAX_USER_ID_CHARS = 256
 MAX_SEQ = 2**53 - 1  # the largest integer a JavaScript client can count to exactly

@@ -9,32 +9,30 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hashlib
-import hmac
-import secrets
 import time
-from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import structlog
 
-from .decode import (
+from .audio.decode import (
     MAX_GAP_FILL_SECONDS,
-    SAMPLE_RATE,
     DecodeResult,
     RestartFacts,
     SessionDecoder,
     starts_stream,
 )
-from .engine import PassRequest, PassResult, Word
 from .errors import UndecodableAudio
+from .logging import session_hash
 from .metrics import Metrics
 from .policy import LocalAgreementPolicy
 from .ratelimit import TokenBucket
 from .reorder import Arrival, Blob, Gap, ReorderBuffer, Step
 from .ringbuffer import PcmRingBuffer
 from .settings import Settings
+from .timeline import PassRequest, PassResult, Word, to_samples, to_seconds
 
 log = structlog.get_logger("isweep_backend.session")
 SessionKey = tuple[str, int]
@@ -107,10 +105,10 @@ def restart_fill_samples(
     low = facts.carried_gap_samples
     if arrival_gap_seconds is None:
         return low
-    high = low + facts.old_blob_samples + round(RECORDER_STOP_SECONDS * SAMPLE_RATE)
+    high = low + facts.old_blob_samples + to_samples(RECORDER_STOP_SECONDS)
     # A blob is a client's claim: however long its old blobs were, no restart loses more.
-    high = min(high, round(MAX_GAP_FILL_SECONDS * SAMPLE_RATE))
-    estimate = round(arrival_gap_seconds * SAMPLE_RATE) - new_stream_samples
+    high = min(high, to_samples(MAX_GAP_FILL_SECONDS))
+    estimate = to_samples(arrival_gap_seconds) - new_stream_samples
     return min(max(estimate, low), high)
 
 
@@ -124,34 +122,41 @@ class Outcome:
     new_audio_samples: int = 0
 
 
-# Keyed per process: a plain hash of a guessable user id could be reversed by trying ids.
-# Sessions live in one process only, so nothing needs the name to survive a restart.
-_SESSION_HASH_KEY = secrets.token_bytes(32)
+class PassQueue(Protocol):
+    """Where a session asks for recognition passes (the scheduler): it owns whether one is
+    queued or running."""
+
+    def request(self, session: Session) -> None:
+        """Queue a pass for `session` if it has enough new audio and none is pending."""
+        ...
+
+    def pending(self, session: Session) -> bool:
+        """Whether a pass for `session` is queued or running."""
+        ...
 
 
-def session_hash(key: SessionKey) -> str:
-    """A stable (for this process), non-reversible name for a session, safe to log."""
-    message = f"{key[0]}\x00{key[1]}".encode()
-    return hmac.new(_SESSION_HASH_KEY, message, hashlib.sha256).hexdigest()[:16]
+@dataclass(frozen=True)
+class SessionContext:
+    """What every session of the service shares: its settings, metrics, decode threads and
+    the queue its passes go through."""
+
+    settings: Settings
+    metrics: Metrics
+    decode_executor: Executor
+    passes: PassQueue
 
 
 class Session:
     def __init__(
-        self,
-        key: SessionKey,
-        settings: Settings,
-        metrics: Metrics,
-        decode_executor: Executor,
-        request_pass: Callable[[Session], None],
-        language: str | None,
-        first_seq: int,
+        self, key: SessionKey, context: SessionContext, language: str | None, first_seq: int
     ) -> None:
         self.key = key
-        self.log_key = session_hash(key)
+        self.log_key = session_hash(*key)
+        settings = context.settings
         self._settings = settings
-        self._metrics = metrics
-        self._decode_executor = decode_executor
-        self._request_pass = request_pass
+        self._metrics = context.metrics
+        self._decode_executor = context.decode_executor
+        self._passes = context.passes
         self.language = language
         self.seq0_digest: bytes | None = None  # to tell a resent seq 0 from a new capture
         self.last_seen = time.monotonic()
@@ -163,7 +168,7 @@ class Session:
             first_seq, settings.reorder_wait_seconds, settings.max_held_blobs
         )
         self.decoder = SessionDecoder()
-        self.ring = PcmRingBuffer(round(settings.buffer_seconds * SAMPLE_RATE))
+        self.ring = PcmRingBuffer(to_samples(settings.buffer_seconds))
         self.policy = LocalAgreementPolicy.from_settings(settings)
         self._lock = asyncio.Lock()
         self._pass_done = asyncio.Condition()
@@ -171,8 +176,6 @@ class Session:
         self._outbox: list[Word] = []
         # Loop time at which each stretch of audio arrived, to measure word-emit lag.
         self._arrivals: list[tuple[int, float]] = []
-        self.pass_pending = False  # queued or running: a second request coalesces into it
-        self.pass_enqueued_at = 0.0
         self.processed_end = 0  # session sample one past the audio the last pass saw
         self.passes = 0
         self._blob_meta: dict[int, BlobMeta] = {}
@@ -212,7 +215,7 @@ class Session:
             await self._feed(steps, outcome, seq)
             self._arm_gap_timer()
         if outcome.new_audio_samples:
-            self._request_pass(self)
+            self._passes.request(self)
             await self._wait_for_pass(self.ring.end, answer_by - loop.time())
         outcome.words = self.take_words()
         return outcome
@@ -261,8 +264,8 @@ class Session:
             if result.pcm.size:
                 lost = self.ring.append(result.pcm)
                 if lost:
-                    self._metrics.overwritten_audio.inc(lost / SAMPLE_RATE)
-                self._metrics.decoded_audio.inc(result.pcm.size / SAMPLE_RATE)
+                    self._metrics.overwritten_audio.inc(to_seconds(lost))
+                self._metrics.decoded_audio.inc(to_seconds(result.pcm.size))
                 self._arrivals.append((self.ring.end, loop.time()))
                 # Audio already gone from the buffer can no longer end a word: forget it.
                 while len(self._arrivals) > 1 and self._arrivals[1][0] <= self.ring.start:
@@ -291,7 +294,7 @@ class Session:
             meta.chunk_start_seconds if meta is not None else None,
             self.decoder.joined_stream_seconds,
         )
-        self.ring.start_at(round(origin * SAMPLE_RATE))
+        self.ring.start_at(to_samples(origin))
         self.processed_end = self.ring.end
         log.info(
             "session_joined_mid_stream",
@@ -319,8 +322,8 @@ class Session:
             "recorder_restarted",
             session=self.log_key,
             seq=seq,
-            filled_seconds=round(fill / SAMPLE_RATE, 3),
-            carried_gap_seconds=round(facts.carried_gap_samples / SAMPLE_RATE, 3),
+            filled_seconds=round(to_seconds(fill), 3),
+            carried_gap_seconds=round(to_seconds(facts.carried_gap_samples), 3),
         )
 
     def _note_decode_error(
@@ -362,7 +365,7 @@ class Session:
             await self._feed(steps, None, -1)
             self._arm_gap_timer()
         if self.ring.end > before:
-            self._request_pass(self)
+            self._passes.request(self)
 
     # --- passes ------------------------------------------------------------------------------
 
@@ -404,7 +407,7 @@ class Session:
                 "words_committed",
                 session=self.log_key,
                 count=len(decision.words),
-                until_seconds=round(decision.words[-1].end / SAMPLE_RATE, 3),
+                until_seconds=round(to_seconds(decision.words[-1].end), 3),
             )
         if decision.trim_to is not None:
             self.ring.trim_to(decision.trim_to)
@@ -422,7 +425,7 @@ class Session:
             return
 
         def covered() -> bool:
-            return self.processed_end >= target or not self.pass_pending or self.closed
+            return self.processed_end >= target or not self._passes.pending(self) or self.closed
 
         try:
             async with self._pass_done:
@@ -449,18 +452,18 @@ class Session:
                 return at
         return None
 
+    def is_new_capture(self, seq: int, blob: bytes) -> bool:
+        """Whether blob `seq` starts a new recording on this live session: seq 0 with a stream
+        header, unless it is a resend of the session's own seq 0, or the seq 0 it is still
+        waiting for."""
+        if seq != 0 or not starts_stream(blob):
+            return False
+        if self.seq0_digest is None:
+            return self.reorder.next_seq > 0
+        return hashlib.sha256(blob).digest() != self.seq0_digest
+
     def close(self) -> None:
         self.closed = True
         if self._gap_timer is not None:
             self._gap_timer.cancel()
             self._gap_timer = None
-
-
-def is_new_capture(session: Session, seq: int, blob: bytes) -> bool:
-    """seq 0 with a stream header on a live session is a new recording, unless it is a resend
-    of the session's own seq 0, or the seq 0 the session is still waiting for."""
-    if seq != 0 or not starts_stream(blob):
-        return False
-    if session.seq0_digest is None:
-        return session.reorder.next_seq > 0
-    return hashlib.sha256(blob).digest() != session.seq0_digest

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from isweep_backend.engine import SAMPLE_RATE, Engine, PassRequest, PassResult, Word
+from isweep_backend.engine import Engine
 from isweep_backend.policy import LocalAgreementPolicy
+from isweep_backend.recognition import run_pass
 from isweep_backend.ringbuffer import PcmRingBuffer
 from isweep_backend.settings import Settings
+from isweep_backend.timeline import SAMPLE_RATE, PassRequest, PassResult, Word
 from tests.audio_tools import Pcm
 
 
@@ -39,7 +41,7 @@ def stream_through_policy(
         ring.append(pcm[fed:edge])
         fed = edge
         request = PassRequest(ring.window(), ring.start, policy.prompt(ring.start), "en")
-        result = engine.run_pass(request)
+        result = run_pass(engine, request)
         decision = policy.apply(result, ring.start)
         streamed.words += decision.words
         streamed.passes.append((request, result, decision.words))

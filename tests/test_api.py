@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient
 
-from isweep_backend.decode import SAMPLE_RATE
-from isweep_backend.engine import Engine, PassRequest, PassResult
-from isweep_backend.keys import METRICS, RUNTIME
+from isweep_backend.engine import Engine
+from isweep_backend.keys import METRICS
+from isweep_backend.recognition import Transcript
+from isweep_backend.timeline import SAMPLE_RATE, Pcm
 from tests.audio_tools import FIXTURES, cut_blobs, encode_opus_stream, wav_bytes
 from tests.conftest import ClientFactory, chunk_body, load_synthetic
+from tests.support import service_of
 
 CHROME = FIXTURES / "chrome"  # real Chrome MediaRecorder blobs (see its README.md)
 
@@ -72,10 +74,10 @@ async def _post_collecting(
 
 async def _collect_the_rest(client: TestClient[Any, Any], last: tuple[int, bytes]) -> list[Word]:
     """Once the session's last pass is done, resend its last blob for the words left."""
-    session = client.app[RUNTIME].registry.get(("user-1", 7))  # type: ignore[union-attr]
+    session = service_of(client.app).registry.get(("user-1", 7))
     assert session is not None
     for _ in range(600):
-        if not session.pass_pending:
+        if not service_of(client.app).scheduler.pending(session):
             break
         await asyncio.sleep(0.05)
     words: list[Word] = []
@@ -100,7 +102,7 @@ async def test_undecodable_audio_gets_200_and_keeps_the_sessions_audio(
     client = await make_client(response_wait_seconds=5.0)
     words: list[Word] = []
     await _post_collecting(client, list(enumerate(blobs[:3])), words)
-    session = client.app[RUNTIME].registry.get(("user-1", 7))  # type: ignore[union-attr]
+    session = service_of(client.app).registry.get(("user-1", 7))
     assert session is not None
     kept = session.ring.end
     assert kept > 2 * SAMPLE_RATE
@@ -111,7 +113,7 @@ async def test_undecodable_audio_gets_200_and_keeps_the_sessions_audio(
     later = [(seq + 1, blob) for seq, blob in enumerate(blobs) if seq >= 3]
     await _post_collecting(client, later, words)
     words += await _collect_the_rest(client, later[-1])
-    assert client.app[RUNTIME].registry.get(("user-1", 7)) is session  # type: ignore[union-attr]
+    assert service_of(client.app).registry.get(("user-1", 7)) is session
     assert [w[0] for w in words] == [w[0] for w in clean]
     for got, want in zip(words, clean, strict=True):
         # Resyncing skips the rest of the damaged block (about 60 ms): later words are early
@@ -124,7 +126,7 @@ async def test_duplicate_seq_adds_no_audio(make_client: ClientFactory) -> None:
     blob = wav_bytes(np.zeros(SAMPLE_RATE, dtype=np.float32))
     await post(client, chunk_body(blob, 0))
     await post(client, chunk_body(blob, 0))
-    session = client.app[RUNTIME].registry.get(("user-1", 7))  # type: ignore[union-attr]
+    session = service_of(client.app).registry.get(("user-1", 7))
     assert session is not None and session.ring.end == SAMPLE_RATE
 
 
@@ -145,7 +147,7 @@ async def test_idle_sessions_are_evicted_after_the_ttl(make_client: ClientFactor
     blob = wav_bytes(np.zeros(SAMPLE_RATE // 4, dtype=np.float32))
     for tab in (1, 2):
         await post(client, chunk_body(blob, 0, tab_id=tab))
-    registry = client.app[RUNTIME].registry
+    registry = service_of(client.app).registry
     assert registry is not None and len(registry) == 2
     for _ in range(40):
         if len(registry) == 0:
@@ -161,7 +163,7 @@ async def test_event_loop_answers_while_a_pass_runs(make_client: ClientFactory) 
     client = await make_client(response_wait_seconds=5.0)
     speech = load_synthetic("long")
     blob = wav_bytes(speech.pcm[: 20 * SAMPLE_RATE])
-    scheduler = client.app[RUNTIME].scheduler
+    scheduler = service_of(client.app).scheduler
     assert scheduler is not None
     pending = asyncio.create_task(post(client, chunk_body(blob, 0)))
     for _ in range(2000):  # until the pass has started on its executor thread
@@ -201,7 +203,7 @@ async def test_seq_zero_with_a_new_header_starts_a_new_timeline(
     second = cut_blobs(encode_opus_stream(speech.pcm[SAMPLE_RATE:], SAMPLE_RATE), 1.0)
     for seq, blob in enumerate(first):
         await post(client, chunk_body(blob, seq))
-    registry = client.app[RUNTIME].registry
+    registry = service_of(client.app).registry
     assert registry is not None
     old = registry.get(("user-1", 7))
     assert old is not None and old.ring.end > 2 * SAMPLE_RATE
@@ -221,17 +223,17 @@ async def test_a_pass_that_raises_answers_200_and_the_session_goes_on(
 ) -> None:
     """Fault injection (a stand-in for a real inference failure such as a CUDA error): the
     first pass raises, later ones run the real model."""
-    real_run_pass = engine.run_pass
+    real_transcribe = engine.transcribe
     calls = 0
 
-    def failing_once(request: PassRequest) -> PassResult:
+    def failing_once(clip: Pcm, offset: int, prompt: str, language: str | None) -> Transcript:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("injected inference fault")
-        return real_run_pass(request)
+        return real_transcribe(clip, offset, prompt, language)
 
-    monkeypatch.setattr(engine, "run_pass", failing_once)
+    monkeypatch.setattr(engine, "transcribe", failing_once)
     client = await make_client(response_wait_seconds=10.0)
     speech = load_synthetic("pauses").pcm
     status, body = await post(client, chunk_body(wav_bytes(speech[: 4 * SAMPLE_RATE]), 0))

@@ -16,12 +16,13 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from isweep_backend.app import create_app
-from isweep_backend.decode import SAMPLE_RATE
 from isweep_backend.keys import METRICS, RUNTIME
 from isweep_backend.scheduler import PassScheduler
 from isweep_backend.settings import Settings
+from isweep_backend.timeline import SAMPLE_RATE
 from tests.audio_tools import cut_blobs, encode_opus_stream, wav_bytes
 from tests.conftest import ClientFactory, chunk_body, load_synthetic
+from tests.support import service_of
 
 Client = TestClient[Any, Any]
 # Short enough that no request of these tests adds a pass: it only asks for admission.
@@ -38,7 +39,7 @@ def words_of(body: Any) -> list[dict[str, Any]]:
 
 
 def scheduler_of(client: Client) -> PassScheduler:
-    scheduler = client.app[RUNTIME].scheduler
+    scheduler = service_of(client.app).scheduler
     assert scheduler is not None
     return scheduler
 
@@ -86,12 +87,12 @@ async def test_a_new_capture_in_a_tab_is_admitted_while_new_sessions_are_shed(
     first = cut_blobs(encode_opus_stream(speech[: 3 * SAMPLE_RATE], SAMPLE_RATE), 1.0)
     second = cut_blobs(encode_opus_stream(speech[SAMPLE_RATE:], SAMPLE_RATE), 1.0)
     assert (await post(client, chunk_body(first[0] + first[1], 0, tab_id=1)))[0] == 200
-    registry = client.app[RUNTIME].registry
-    assert registry is not None
+    queued_by = time.perf_counter()  # its pass was queued before the answer
+    registry = service_of(client.app).registry
     old = registry.get(("user-1", 1))
-    assert old is not None and old.pass_pending
+    assert old is not None and scheduler.pending(old)
     # Until the queued pass has waited twice the limit (the long pass is still running).
-    await asyncio.sleep(max(0.0, 0.02 - (time.perf_counter() - old.pass_enqueued_at)))
+    await asyncio.sleep(max(0.0, 0.02 - (time.perf_counter() - queued_by)))
     status, body = await post(client, chunk_body(QUIET, 0, tab_id=5))
     assert (status, body["error"]["code"]) == (503, "overloaded")
     status, _ = await post(client, chunk_body(second[0], 0, tab_id=1))
@@ -193,12 +194,12 @@ async def test_a_pass_that_ends_after_stop_queues_nothing(make_client: ClientFac
     scheduler = scheduler_of(client)
     assert scheduler.running == 1
     await post(client, chunk_body(wav_bytes(speech[20 * SAMPLE_RATE : 22 * SAMPLE_RATE]), 1))
-    registry = client.app[RUNTIME].registry
+    registry = service_of(client.app).registry
     session = registry.get(("user-1", 7)) if registry is not None else None
     assert session is not None and session.ring.end == 22 * SAMPLE_RATE
     await scheduler.stop(30.0)
     assert scheduler.running == 0 and session.passes == 1
-    assert scheduler.depth == 0 and not session.pass_pending
+    assert scheduler.depth == 0 and not scheduler.pending(session)
 
 
 AppClientFactory = Callable[..., Awaitable[Client]]
@@ -243,7 +244,7 @@ async def test_audio_buffered_while_the_model_loads_gets_its_pass_without_anothe
     blobs = cut_blobs(encode_opus_stream(speech.pcm[: 8 * SAMPLE_RATE], SAMPLE_RATE), 8.0)
     assert await post(client, chunk_body(blobs[0], 0)) == (200, {"segments": []})
     assert runtime.engine is None, "the model loaded before the test could send early audio"
-    session = runtime.registry.get(("user-1", 7)) if runtime.registry else None
+    session = service_of(client.app).registry.get(("user-1", 7))
     assert session is not None
     for _ in range(600):
         if session.passes:

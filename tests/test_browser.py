@@ -23,9 +23,9 @@ from aiohttp.test_utils import TestServer
 from aiohttp.web import Application
 
 from isweep_backend.app import create_app
-from isweep_backend.decode import SAMPLE_RATE
 from isweep_backend.engine import Engine
 from isweep_backend.settings import Settings
+from isweep_backend.timeline import SAMPLE_RATE
 from tests.audio_tools import FIXTURES, Pcm, read_wav
 from tests.browser import chromium
 from tests.test_streaming import (

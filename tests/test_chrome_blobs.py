@@ -29,13 +29,14 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from isweep_backend.decode import SAMPLE_RATE, SessionDecoder
+from isweep_backend.audio.decode import SessionDecoder
 from isweep_backend.engine import Engine
 from isweep_backend.errors import UndecodableAudio
-from isweep_backend.keys import RUNTIME
 from isweep_backend.settings import Settings
+from isweep_backend.timeline import SAMPLE_RATE
 from tests.audio_tools import FIXTURES, Pcm, read_wav
 from tests.conftest import ClientFactory
+from tests.support import service_of
 
 CHROME = FIXTURES / "chrome"
 MANIFEST: dict[str, Any] = json.loads((CHROME / "blobs.json").read_text())
@@ -520,7 +521,7 @@ async def test_a_new_process_whose_first_blob_is_a_restart_header_goes_on_from_t
     # stream start(2000) began: it has a header, but the capture is 10 blobs old.
     client = await make_client()
     await client_post(client)(RESTART, BLOBS[RESTART], float(RESTART))
-    registry = client.app[RUNTIME].registry
+    registry = service_of(client.app).registry
     assert registry is not None
     session = registry.get(("chrome-user", 9))
     assert session is not None
@@ -533,7 +534,7 @@ async def test_a_session_evicted_mid_capture_resumes_on_the_next_blob_in_time_or
     make_client: ClientFactory, engine: Engine, settings: Settings
 ) -> None:
     client = await make_client(session_ttl_seconds=2.5)  # > the 2 s blobs
-    registry = client.app[RUNTIME].registry
+    registry = service_of(client.app).registry
     assert registry is not None
     sent_at = [float(e["sent_at_seconds"]) for e in MANIFEST["blobs"]]
     post = client_post(client)

@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from isweep_backend.decode import (
+from isweep_backend.audio.decode import (
     SAMPLE_RATE,
     MonoResampler,
     SessionDecoder,

@@ -23,16 +23,17 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from isweep_backend.decode import SAMPLE_RATE, SessionDecoder
-from isweep_backend.engine import Engine, PassResult, SpeechRegion, Word
+from isweep_backend.audio.decode import SessionDecoder
+from isweep_backend.engine import Engine
 from isweep_backend.errors import UndecodableAudio
-from isweep_backend.keys import RUNTIME
 from isweep_backend.openapi import build_openapi
 from isweep_backend.policy import LocalAgreementPolicy
 from isweep_backend.settings import Settings
+from isweep_backend.timeline import SAMPLE_RATE, PassResult, SpeechRegion, Word
 from tests.audio_tools import cut_blobs, encode_opus_stream
 from tests.conftest import chunk_body, load_synthetic
 from tests.live_server import serve
+from tests.support import service_of
 
 SCALE = int(os.environ.get("ISWEEP_FUZZ_SCALE", "1"))
 schema = schemathesis.openapi.from_dict(build_openapi())
@@ -130,18 +131,18 @@ class HealthySession:
         self.wait_for_passes()
 
     def wait_for_passes(self) -> None:
-        registry = self.app[RUNTIME].registry
+        registry = service_of(self.app).registry
         assert registry is not None
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             session = registry.get(self.key)
-            if session is not None and not session.pass_pending:
+            if session is not None and not service_of(self.app).scheduler.pending(session):
                 return
             time.sleep(0.02)
         raise AssertionError("the healthy session's pass never ran")
 
     def audio(self) -> tuple[np.ndarray, int]:
-        session = self.app[RUNTIME].registry.get(self.key)  # type: ignore[union-attr]
+        session = service_of(self.app).registry.get(self.key)
         assert session is not None
         return np.asarray(session.ring.window()), session.ring.start
 

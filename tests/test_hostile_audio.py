@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import structlog
 
-from isweep_backend.budget import MAX_BLOB_AUDIO_SECONDS, opus_packet_samples
-from isweep_backend.decode import SAMPLE_RATE, SessionDecoder, decode_whole_file
+from isweep_backend.audio.budget import MAX_BLOB_AUDIO_SECONDS, opus_packet_samples
+from isweep_backend.audio.decode import SessionDecoder, decode_whole_file
+from isweep_backend.audio.ogg import OggOpusDemuxer
 from isweep_backend.errors import MAX_UNTRUSTED_CHARS, UndecodableAudio
 from isweep_backend.logging import configure_logging
-from isweep_backend.ogg import OggOpusDemuxer
+from isweep_backend.timeline import SAMPLE_RATE
 from tests.audio_tools import cut_blobs, encode_file, encode_opus_stream, wav_bytes
 from tests.conftest import load_synthetic
 from tests.hostile_audio import (
@@ -142,7 +143,7 @@ def test_an_ogg_stream_that_is_not_opus_is_dropped_and_holds_no_bytes() -> None:
     assert len(pages) == 12 and sum(map(len, pages)) > 8_000
     demuxer = OggOpusDemuxer()
     for page in pages:
-        with pytest.raises(ValueError, match="OpusHead"):
+        with pytest.raises(UndecodableAudio, match="OpusHead"):
             demuxer.feed(page)
         # Each page is consumed and dropped: nothing accumulates blob after blob.
         assert demuxer.held_bytes < 64

@@ -12,12 +12,13 @@ from typing import Any
 import numpy as np
 from aiohttp.test_utils import TestClient
 
-from isweep_backend.decode import SessionDecoder
-from isweep_backend.keys import METRICS, RUNTIME, SETTINGS
+from isweep_backend.audio.decode import SessionDecoder
+from isweep_backend.keys import METRICS, SETTINGS
 from isweep_backend.schema import segments_from_words
 from tests.audio_tools import FIXTURES
 from tests.conftest import ClientFactory, chunk_body
 from tests.hostile_audio import webm_resync_storm
+from tests.support import service_of
 
 MANIFEST = json.loads((FIXTURES / "chrome" / "blobs.json").read_text())
 # The first WebM stream of the real recording: seq 0-8 (seq 9 is the blob stop() flushed).
@@ -46,13 +47,13 @@ async def _replay_healthy(client: TestClient[Any, Any]) -> tuple[list[float], li
         latencies.append(time.perf_counter() - started)
         assert resp.status == 200, body
         words += _words(body)
-        session = client.app[RUNTIME].registry.get(("healthy", 7))  # type: ignore[union-attr]
+        session = service_of(client.app).registry.get(("healthy", 7))
         assert session is not None
         for _ in range(600):
-            if not session.pass_pending:
+            if not service_of(client.app).scheduler.pending(session):
                 break
             await asyncio.sleep(0.02)
-    session = client.app[RUNTIME].registry.get(("healthy", 7))  # type: ignore[union-attr]
+    session = service_of(client.app).registry.get(("healthy", 7))
     assert session is not None
     words += _words({"segments": segments_from_words(session.take_words())})
     return latencies, words
@@ -123,7 +124,7 @@ async def test_a_hostile_session_leaves_a_healthy_ones_answers_audio_and_words_a
     metrics = client.app[METRICS]
     assert metrics.decode_errors.labels("over_budget")._value.get() == posted
 
-    session = client.app[RUNTIME].registry.get(("healthy", 7))  # type: ignore[union-attr]
+    session = service_of(client.app).registry.get(("healthy", 7))
     assert session is not None
     clean = _clean_decode()
     assert session.ring.end == clean.size

@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from isweep_backend.decode import SAMPLE_RATE
-from isweep_backend.keys import METRICS, RUNTIME
+from isweep_backend.keys import METRICS
 from isweep_backend.session import Session
+from isweep_backend.timeline import SAMPLE_RATE
 from tests.audio_tools import cut_blobs, encode_opus_stream
 from tests.conftest import ClientFactory, chunk_body
+from tests.support import service_of
 
 SESSIONS = 1000
 
@@ -42,7 +43,7 @@ async def test_a_thousand_idle_sessions_are_evicted_and_their_memory_returns(
     rng = np.random.default_rng(1)
     noise = (0.001 * rng.standard_normal(2 * SAMPLE_RATE)).astype(np.float32)
     first_blob = cut_blobs(encode_opus_stream(noise, SAMPLE_RATE), 1.0)[0]
-    registry = client.app[RUNTIME].registry
+    registry = service_of(client.app).registry
     assert registry is not None
     gc.collect()
     baseline = rss_bytes()
@@ -61,7 +62,7 @@ async def test_a_thousand_idle_sessions_are_evicted_and_their_memory_returns(
     assert registry.evict_idle(now=time.monotonic() + 601.0) == SESSIONS
     assert len(registry) == 0
     assert client.app[METRICS].sessions_evicted.labels("ttl")._value.get() == SESSIONS
-    scheduler = client.app[RUNTIME].scheduler
+    scheduler = service_of(client.app).scheduler
     assert scheduler is not None
     for _ in range(600):  # queued passes of evicted sessions are dropped as they come up
         if scheduler.depth == 0 and scheduler.running == 0:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from packaging.specifiers import SpecifierSet
 
-from isweep_backend.engine import Engine, PassRequest
+from isweep_backend.engine import Engine
 from isweep_backend.errors import ModelIntegrityError, ModelNotFound
 from isweep_backend.models import (
     BASE_SHA256,
@@ -23,7 +23,9 @@ from isweep_backend.models import (
     resolve_model,
     verify_model_bin,
 )
+from isweep_backend.recognition import run_pass
 from isweep_backend.settings import Settings
+from isweep_backend.timeline import PassRequest
 from tests.conftest import load_synthetic
 
 
@@ -69,13 +71,13 @@ def test_multilingual_base_detects_the_language_once(tmp_path: Path) -> None:
     engine = Engine.load(settings)
     assert not engine.info.english_only and engine.session_language() is None
     speech = load_synthetic("pauses")
-    result = engine.run_pass(PassRequest(speech.pcm[: 16000 * 4], 0, "", None))
+    result = run_pass(engine, PassRequest(speech.pcm[: 16000 * 4], 0, "", None))
     assert result.language == "en"
     assert "children" in "".join(w.text for w in result.words).lower()
     forced = Engine(replace(settings, language="de"), engine._model, engine.info)
     assert forced.session_language() == "de"
     silence = np.zeros(16000 * 2, dtype=np.float32)
-    assert engine.run_pass(PassRequest(silence, 0, "", None)).skipped_by_vad
+    assert run_pass(engine, PassRequest(silence, 0, "", None)).skipped_by_vad
 
 
 # --- the bundled packages are pinned and checked -------------------------------------------

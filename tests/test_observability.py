@@ -41,10 +41,9 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from isweep_backend import metrics as metrics_module
-from isweep_backend.logging import configure_logging
+from isweep_backend.logging import configure_logging, session_hash
 from isweep_backend.metrics import Metrics
 from isweep_backend.reorder import Arrival
-from isweep_backend.session import session_hash
 from tests.audio_tools import cut_blobs, encode_opus_stream
 from tests.conftest import chunk_body, load_synthetic
 
@@ -792,7 +791,7 @@ def test_log_lines_are_json_with_the_documented_fields(stack: Stack) -> None:
     # session's name is the same on every one of its lines, and no other session shares it.
     session, count = Counter(line["session"] for line in answered).most_common(1)[0]
     assert count == len(stack.blobs_b64) + stack.retries
-    assert session != session_hash((USER_ID, TAB_ID))  # another process, another key
+    assert session != session_hash(USER_ID, TAB_ID)  # another process, another key
     request_ids = [line["request_id"] for line in answered]
     assert len(set(request_ids)) == len(request_ids)
     rejected = [line for line in lines if line["event"] == "request_rejected"]

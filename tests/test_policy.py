@@ -11,16 +11,12 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from isweep_backend.engine import (
-    Engine,
-    PassRequest,
-    PassResult,
-    SpeechRegion,
-    Word,
-    cut_repetition_loop,
-)
+from isweep_backend.engine import Engine
+from isweep_backend.guards import cut_repetition_loop
 from isweep_backend.policy import LocalAgreementPolicy
+from isweep_backend.recognition import run_pass
 from isweep_backend.settings import Settings
+from isweep_backend.timeline import PassRequest, PassResult, SpeechRegion, Word
 from tests.audio_tools import FIXTURES, Pcm, read_wav
 from tests.policy_stream import stream_through_policy
 
@@ -242,7 +238,7 @@ def test_a_pass_leaves_the_last_second_after_its_words_to_the_next_pass(
     # of a 0.25 s pass here), to hear what the next pass hears better anyway.
     pcm, _ = read_wav(FIXTURES / "speech" / "sense_and_sensibility_0870.wav")
     calls = encoder_calls(engine, monkeypatch)
-    got = engine.run_pass(PassRequest(pcm[: round(6.3 * S)], 0, "", "en"))
+    got = run_pass(engine, PassRequest(pcm[: round(6.3 * S)], 0, "", "en"))
     assert len(calls) == 1
     assert [w.key for w in got.words][-4:] == ["his", "power", "to", "do"]
 
@@ -256,7 +252,7 @@ def test_words_cut_off_well_before_the_end_of_the_buffer_still_get_a_second_wind
     pcm, _ = read_wav(FIXTURES / "speech" / "sense_and_sensibility_0870.wav")
     monkeypatch.setattr("isweep_backend.engine.token_budget", lambda samples: 30)
     calls = encoder_calls(engine, monkeypatch)
-    got = engine.run_pass(PassRequest(pcm, 0, "", "en"))
+    got = run_pass(engine, PassRequest(pcm, 0, "", "en"))
     assert len(calls) == 2
     assert [w.key for w in got.words][-3:] == ["do", "for", "them"]
 

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from isweep_backend.decode import SessionDecoder
-from isweep_backend.keys import METRICS, RUNTIME
+from isweep_backend.audio.decode import SessionDecoder
+from isweep_backend.keys import METRICS
 from isweep_backend.reorder import Arrival, Blob, Gap, ReorderBuffer
 from tests.conftest import ClientFactory, chunk_body
+from tests.support import service_of
 from tests.test_chrome_blobs import BLOBS, FIRST_STREAM, RESTART, decode_in_order
 
 
@@ -185,7 +186,7 @@ async def test_a_stale_far_ahead_blob_through_http_does_not_replace_the_real_one
         if seq == 1:
             await send(2, 7, stale)
         await send(2, seq, blob)
-    registry = client.app[RUNTIME].registry
+    registry = service_of(client.app).registry
     assert registry is not None
     clean, attacked = registry.get(("user-1", 1)), registry.get(("user-1", 2))
     assert clean is not None and attacked is not None

@@ -39,7 +39,7 @@ import yaml
 
 from isweep_backend.api import INSTANCE_HEADER
 from isweep_backend.logging import configure_logging
-from isweep_backend.sessions import STALE_SESSION_SECONDS
+from isweep_backend.registry import STALE_SESSION_SECONDS
 from tests.conftest import ClientFactory, chunk_body
 from tests.live_server import free_port
 from tests.test_streaming import normalise, wer

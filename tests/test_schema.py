@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from isweep_backend.engine import Word
 from isweep_backend.errors import InvalidRequest
 from isweep_backend.schema import parse_chunk, segments_from_words
+from isweep_backend.timeline import Word
 from tests.conftest import ClientFactory
 
 

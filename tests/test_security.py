@@ -9,10 +9,11 @@ import numpy as np
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
-from isweep_backend.decode import SAMPLE_RATE
-from isweep_backend.keys import METRICS, RUNTIME
+from isweep_backend.keys import METRICS
+from isweep_backend.timeline import SAMPLE_RATE
 from tests.audio_tools import cut_blobs, encode_opus_stream, wav_bytes
 from tests.conftest import ClientFactory, chunk_body, load_synthetic
+from tests.support import service_of
 from tests.test_chrome_blobs import BLOBS, RESTART
 
 QUIET = wav_bytes(np.zeros(SAMPLE_RATE // 4, dtype=np.float32))
@@ -83,7 +84,7 @@ async def test_other_web_origins_are_refused_and_push_no_audio(
         headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
     )
     assert preflight.status == 403
-    registry = client.app[RUNTIME].registry
+    registry = service_of(client.app).registry
     assert registry is not None and len(registry) == 0
 
 
@@ -120,7 +121,7 @@ async def test_new_sessions_are_shed_with_503_while_recognition_is_behind(
         inference_workers=1, overload_pass_cycle_seconds=0.05, response_wait_seconds=0.0
     )
     speech = wav_bytes(load_synthetic("long").pcm[: 12 * SAMPLE_RATE])
-    scheduler = client.app[RUNTIME].scheduler
+    scheduler = service_of(client.app).scheduler
     assert scheduler is not None
     for tab in (1, 2, 3):  # one pass runs, the others queue behind it
         assert (
@@ -227,7 +228,7 @@ async def test_new_sessions_from_one_address_beyond_the_rate_get_429_with_retry_
     assert refused.status == 429
     assert (await refused.json())["error"]["code"] == "session_start_rate_limited"
     assert 15 <= _retry_after(refused) <= 20  # one session every 20 s
-    registry = client.app[RUNTIME].registry
+    registry = service_of(client.app).registry
     assert registry is not None and len(registry) == 3
     # Sessions already running are not slowed down by it.
     assert (await client.post("/asr/stream", json=chunk_body(QUIET, 1, tab_id=0))).status == 200
@@ -243,7 +244,7 @@ async def test_new_capture_churn_is_limited_before_it_replaces_the_session(
     headers = [BLOBS[0], BLOBS[RESTART]]
     assert (await client.post("/asr/stream", json=chunk_body(headers[0], 0))).status == 200
     assert (await client.post("/asr/stream", json=chunk_body(headers[1], 0))).status == 200
-    registry = client.app[RUNTIME].registry
+    registry = service_of(client.app).registry
     assert registry is not None
     live = registry.get(("user-1", 7))
     churn = await client.post("/asr/stream", json=chunk_body(headers[0], 0))

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient
 
-from isweep_backend.decode import SAMPLE_RATE
 from isweep_backend.engine import Engine
 from isweep_backend.settings import Settings
+from isweep_backend.timeline import SAMPLE_RATE
 from tests.audio_tools import cut_blobs, encode_opus_stream
 from tests.conftest import ClientFactory, Speech, chunk_body, load_real_speech, load_synthetic
 

@@ -6,8 +6,9 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from ..errors import UndecodableAudio
 from .budget import ParseBudget
-from .errors import UndecodableAudio
+from .events import OPUS, DemuxEvent, Packet, Resynced, StreamStarted
 
 OGG_MAGIC = b"OggS"
 PAGE_HEADER_BYTES = 27
@@ -33,28 +34,7 @@ def ogg_crc(data: bytes | bytearray) -> int:
 @dataclass(frozen=True)
 class OpusHead:
     channels: int
-    pre_skip: int
-    input_sample_rate: int
     raw: bytes
-
-
-@dataclass(frozen=True)
-class OggPacket:
-    data: bytes
-    granule: int
-
-
-@dataclass(frozen=True)
-class OggStreamStarted:
-    head: OpusHead
-
-
-@dataclass(frozen=True)
-class OggResynced:
-    dropped_bytes: int
-
-
-OggEvent = OggPacket | OggStreamStarted | OggResynced
 
 
 def starts_ogg_stream(blob: bytes) -> bool:
@@ -67,10 +47,9 @@ def parse_opus_head(packet: bytes) -> OpusHead:
     if len(packet) < 19 or not packet.startswith(b"OpusHead"):
         raise ValueError("not an OpusHead packet")
     channels = packet[9]
-    pre_skip, rate = struct.unpack_from("<HI", packet, 10)
     if channels == 0:
         raise ValueError("OpusHead with zero channels")
-    return OpusHead(channels=channels, pre_skip=pre_skip, input_sample_rate=rate, raw=packet)
+    return OpusHead(channels=channels, raw=packet)
 
 
 class OggOpusDemuxer:
@@ -99,9 +78,9 @@ class OggOpusDemuxer:
         # The first page after lost bytes may continue a packet whose start we never saw.
         self._drop_continued = True
 
-    def feed(self, data: bytes) -> list[OggEvent]:
-        """Parse what `data` completes. Raises ValueError while the stream is not Opus (its
-        pages are consumed and dropped, so nothing accumulates), and
+    def feed(self, data: bytes) -> list[DemuxEvent]:
+        """Parse what `data` completes. Raises UndecodableAudio("corrupt_stream") while the
+        stream is not Opus (its pages are consumed and dropped, so nothing accumulates), and
         UndecodableAudio("over_budget") for a blob that costs more than
         MAX_PARSE_STEPS_PER_BLOB (what the demuxer holds is then dropped)."""
         self._buf += data
@@ -112,11 +91,11 @@ class OggOpusDemuxer:
             self.mark_discontinuity()
             raise
         if self._unusable is not None:
-            raise ValueError(self._unusable)
+            raise UndecodableAudio("corrupt_stream", f"Ogg stream is not Opus: {self._unusable}")
         return events
 
-    def _parse_buffer(self) -> list[OggEvent]:
-        events: list[OggEvent] = []
+    def _parse_buffer(self) -> list[DemuxEvent]:
+        events: list[DemuxEvent] = []
         pos = 0
         while True:
             self._budget.spend()
@@ -124,11 +103,11 @@ class OggOpusDemuxer:
             if start < 0:
                 keep = max(pos, len(self._buf) - 3)
                 if keep > pos:
-                    events.append(OggResynced(keep - pos))
+                    events.append(Resynced(keep - pos))
                 pos = keep
                 break
             if start > pos:
-                events.append(OggResynced(start - pos))
+                events.append(Resynced(start - pos))
                 self._partial.clear()
             pos = start
             consumed = self._parse_page(pos, events)
@@ -141,12 +120,12 @@ class OggOpusDemuxer:
         del self._buf[:pos]
         return events
 
-    def _parse_page(self, pos: int, events: list[OggEvent]) -> int | None:
+    def _parse_page(self, pos: int, events: list[DemuxEvent]) -> int | None:
         buf = self._buf
         if pos + PAGE_HEADER_BYTES > len(buf):
             return None
         version, flags = buf[pos + 4], buf[pos + 5]
-        granule, serial = struct.unpack_from("<qI", buf, pos + 6)
+        serial = struct.unpack_from("<I", buf, pos + 14)[0]
         # Cheap fields first: only a page that could start or continue our stream is worth
         # its checksum. Pages of other logical streams are searched through like data.
         ours = serial == self._serial if flags & FLAG_BEGIN == 0 else True
@@ -187,12 +166,12 @@ class OggOpusDemuxer:
                 return 0
             if seg < 255:
                 if not dropping:
-                    self._emit_packet(bytes(self._partial), granule, events)
+                    self._emit_packet(bytes(self._partial), events)
                 dropping = False
                 self._partial.clear()
         return page_end - pos
 
-    def _emit_packet(self, packet: bytes, granule: int, events: list[OggEvent]) -> None:
+    def _emit_packet(self, packet: bytes, events: list[DemuxEvent]) -> None:
         index = self._packets_in_stream
         self._packets_in_stream += 1
         if index == 0:
@@ -205,8 +184,10 @@ class OggOpusDemuxer:
                 self.header_seen = False
                 return
             self.header_seen = True
-            events.append(OggStreamStarted(head))
+            events.append(StreamStarted(OPUS, head.raw, head.channels))
         elif index == 1 and packet.startswith(b"OpusTags"):
             return
         elif self.header_seen:
-            events.append(OggPacket(packet, granule))
+            # Pages carry granule positions, not packet times: after lost bytes the decoder
+            # fills the gap from the audio per blob instead.
+            events.append(Packet(packet, None))

@@ -8,19 +8,17 @@ import ctypes
 import ctypes.util
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
 
 import structlog
 
-from .decode import SAMPLE_RATE, starts_stream
+from .audio.decode import starts_stream
 from .errors import IsweepError, Overloaded, RateLimited, SessionLimit
-from .metrics import Metrics
 from .ratelimit import Caller, SessionStartLimiter
 from .schema import Chunk
-from .session import Outcome, Session, SessionKey, is_new_capture
-from .settings import Settings
+from .session import Outcome, Session, SessionContext, SessionKey
+from .timeline import to_seconds
 
-log = structlog.get_logger("isweep_backend.sessions")
+log = structlog.get_logger("isweep_backend.registry")
 # Blobs are sent a second apart, so a late seq 0 is overtaken by one or two blobs at most: a new
 # session's first blob past this seq, with no header, joins a capture already under way.
 MAX_SEQ_BEFORE_A_LATE_SEQ0 = 2
@@ -63,17 +61,14 @@ def left_behind(session: Session, seq: int, now: float) -> bool:
 class SessionRegistry:
     def __init__(
         self,
-        settings: Settings,
-        metrics: Metrics,
-        decode_executor: Executor,
-        request_pass: Callable[[Session], None],
+        context: SessionContext,
         default_language: str | None,
         overloaded: Callable[[], bool],
     ) -> None:
+        settings = context.settings
+        self._context = context
         self._settings = settings
-        self._metrics = metrics
-        self._decode_executor = decode_executor
-        self._request_pass = request_pass
+        self._metrics = context.metrics
         self._default_language = default_language
         self._overloaded = overloaded
         self._sessions: dict[SessionKey, Session] = {}
@@ -96,7 +91,7 @@ class SessionRegistry:
     ) -> Outcome:
         key = (chunk.user_id, chunk.tab_id)
         session = self._sessions.get(key)
-        new_capture = session is not None and is_new_capture(session, chunk.seq, chunk.audio)
+        new_capture = session is not None and session.is_new_capture(chunk.seq, chunk.audio)
         if session is None or new_capture:
             # Before a new capture replaces a session: churn must not get past the limit.
             self._limit_session_starts(caller)
@@ -182,10 +177,10 @@ class SessionRegistry:
         """Queue a pass for every session with enough audio waiting: those that buffered
         audio while the model loaded may send nothing more (a whole file, a last blob)."""
         for session in list(self._sessions.values()):
-            self._request_pass(session)
+            self._context.passes.request(session)
 
     def buffered_seconds(self) -> float:
-        return sum(len(s.ring) for s in self._sessions.values()) / SAMPLE_RATE
+        return to_seconds(sum(len(s.ring) for s in self._sessions.values()))
 
     def _create(self, key: SessionKey, chunk: Chunk, replacing: bool = False) -> Session:
         if not replacing:
@@ -195,15 +190,7 @@ class SessionRegistry:
         # any other first blob waits (bounded) for the seqs before it, seq 0 with its header.
         joins = chunk.seq > MAX_SEQ_BEFORE_A_LATE_SEQ0
         first_seq = chunk.seq if starts_stream(chunk.audio) or joins else 0
-        session = Session(
-            key,
-            self._settings,
-            self._metrics,
-            self._decode_executor,
-            self._request_pass,
-            self._default_language,
-            first_seq,
-        )
+        session = Session(key, self._context, self._default_language, first_seq)
         self._sessions[key] = session
         self._per_user[key[0]] = self._per_user.get(key[0], 0) + 1
         self._metrics.sessions_started.inc()
@@ -226,7 +213,7 @@ class SessionRegistry:
             "session_ended",
             session=session.log_key,
             reason=reason,
-            audio_seconds=round(session.ring.end / SAMPLE_RATE, 3),
+            audio_seconds=round(to_seconds(session.ring.end), 3),
             passes=session.passes,
         )
 
@@ -249,7 +236,7 @@ class SessionRegistry:
 
     def update_buffer_gauges(self) -> None:
         samples = sum(len(s.ring) for s in self._sessions.values())
-        self._metrics.buffered_audio_seconds.set(samples / SAMPLE_RATE)
+        self._metrics.buffered_audio_seconds.set(to_seconds(samples))
         self._metrics.buffered_audio_bytes.set(samples * 4)
 
     def start(self) -> None:

@@ -8,7 +8,7 @@ doing the work: the demuxers count their steps, the decoder counts samples befor
 
 from __future__ import annotations
 
-from .errors import UndecodableAudio
+from ..errors import UndecodableAudio
 
 # Audio one blob may decode to. The extension's blobs hold 1 s (2 s after an adaptive
 # restart); a whole file posted as one blob is the largest real case. 30 s is the default ring

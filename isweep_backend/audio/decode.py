@@ -12,32 +12,17 @@ from typing import Any
 import av
 import numpy as np
 
+from ..errors import UndecodableAudio, clip
+from ..timeline import SAMPLE_RATE, Pcm
 from .budget import (
     MAX_BLOB_AUDIO_SECONDS,
     MAX_OVER_BUDGET_BLOBS_PER_SESSION,
     check_opus_audio_budget,
 )
-from .errors import UndecodableAudio, clip
-from .ogg import (
-    OGG_MAGIC,
-    OggOpusDemuxer,
-    OggPacket,
-    OggResynced,
-    OggStreamStarted,
-    starts_ogg_stream,
-)
-from .ringbuffer import Pcm
-from .webm import (
-    EBML_MAGIC,
-    AudioTrack,
-    Frame,
-    Resynced,
-    StreamStarted,
-    WebmDemuxer,
-    chrome_opus_track,
-)
+from .events import OPUS, Demuxer, Packet, Resynced, StreamStarted
+from .ogg import OGG_MAGIC, OggOpusDemuxer, starts_ogg_stream
+from .webm import EBML_MAGIC, WebmDemuxer, chrome_opus_track
 
-SAMPLE_RATE = 16_000
 OPUS_RATE = 48_000
 # A gap longer than this is not filled with silence: it is more likely a clock jump.
 MAX_GAP_FILL_SECONDS = 30.0
@@ -234,8 +219,7 @@ class SessionDecoder:
     """Everything a session needs to turn its blobs, in seq order, into PCM."""
 
     def __init__(self) -> None:
-        self._webm: WebmDemuxer | None = None
-        self._ogg: OggOpusDemuxer | None = None
+        self._demuxer: Demuxer | None = None
         self._opus: OpusFrameDecoder | None = None
         self._expected_next_ns: int | None = None
         self._after_gap = False
@@ -257,7 +241,7 @@ class SessionDecoder:
 
     @property
     def has_stream(self) -> bool:
-        return self._webm is not None or self._ogg is not None
+        return self._demuxer is not None
 
     def note_gap(self, missing_blobs: int) -> None:
         """`missing_blobs` blobs will never come: resync, and fill the time they held.
@@ -265,10 +249,8 @@ class SessionDecoder:
         The lost time is read from the stream's own timestamps where they survive the gap, and
         otherwise estimated from the audio per blob seen so far in this stream.
         """
-        if self._webm is not None:
-            self._webm.mark_discontinuity()
-        if self._ogg is not None:
-            self._ogg.mark_discontinuity()
+        if self._demuxer is not None:
+            self._demuxer.mark_discontinuity()
         if not self.has_stream:
             # The first blobs, header included, are gone for good: join at the next one.
             self._may_join_mid_stream = True
@@ -303,26 +285,24 @@ class SessionDecoder:
                 self._magic_prefix = blob
                 return DecodeResult()
         if blob.startswith(EBML_MAGIC):
-            return self._decode_stream_start(blob, ogg=False)
+            return self._decode_stream_start(blob, WebmDemuxer())
         if starts_ogg_stream(blob):
-            return self._decode_stream_start(blob, ogg=True)
-        if self._webm is not None:
-            return self._feed_webm(blob)
-        if self._ogg is not None:
-            return self._feed_ogg(blob)
+            return self._decode_stream_start(blob, OggOpusDemuxer())
+        if self._demuxer is not None:
+            return self._feed(blob)
         if looks_like_whole_file(blob):
             return DecodeResult(pcm=decode_whole_file(blob))
         if self._may_join_mid_stream:
-            self._webm = WebmDemuxer.joining_mid_stream(chrome_opus_track())
+            self._demuxer = WebmDemuxer.joining_mid_stream(chrome_opus_track())
             self._joined_48k_samples = 0
-            return self._feed_webm(blob)
+            return self._feed(blob)
         raise UndecodableAudio(
             "no_stream_header",
             "continuation bytes arrived but this session has no stream header yet "
             "(the first blob of a recording carries it)",
         )
 
-    def _decode_stream_start(self, blob: bytes, ogg: bool) -> DecodeResult:
+    def _decode_stream_start(self, blob: bytes, demuxer: Demuxer) -> DecodeResult:
         # A gap noted just before the restart was never filled: the old stream's next frame,
         # which would have filled it, never comes. Carry it to the session.
         carried = self._gap_estimate_samples if self._after_gap else 0
@@ -332,12 +312,8 @@ class SessionDecoder:
         tail = self._close_stream()
         restarted = self.streams_started > 0
         self._after_gap = False
-        if ogg:
-            self._ogg = OggOpusDemuxer()
-            result = self._feed_ogg(blob)
-        else:
-            self._webm = WebmDemuxer()
-            result = self._feed_webm(blob)
+        self._demuxer = demuxer
+        result = self._feed(blob)
         result.pcm = np.concatenate([tail, result.pcm]) if tail.size else result.pcm
         result.restarted = restarted
         if restarted:
@@ -346,8 +322,7 @@ class SessionDecoder:
 
     def _close_stream(self) -> Pcm:
         tail = self._opus.flush() if self._opus is not None else EMPTY
-        self._webm = None
-        self._ogg = None
+        self._demuxer = None
         self._opus = None
         self._expected_next_ns = None
         self._joined_48k_samples = None
@@ -356,18 +331,18 @@ class SessionDecoder:
         self._gap_estimate_samples = 0
         return tail
 
-    def _feed_webm(self, blob: bytes) -> DecodeResult:
-        assert self._webm is not None
+    def _feed(self, blob: bytes) -> DecodeResult:
+        assert self._demuxer is not None
         result = DecodeResult()
         parts: list[Pcm] = []
-        events = self._webm.feed(blob)
-        check_opus_audio_budget([e.data for e in events if isinstance(e, Frame)])
+        events = self._demuxer.feed(blob)
+        check_opus_audio_budget([e.data for e in events if isinstance(e, Packet)])
         for event in events:
             if isinstance(event, StreamStarted):
-                self._start_opus_track(event.track)
+                self._start_opus(event)
             elif isinstance(event, Resynced):
                 result.resynced_bytes += event.dropped_bytes
-            elif isinstance(event, Frame):
+            else:
                 if self._opus is None and self._joined_48k_samples is not None:
                     self._start_opus_from_packet(event.data)
                 if self._opus is not None:
@@ -375,13 +350,13 @@ class SessionDecoder:
         result.pcm = np.concatenate(parts) if parts else EMPTY
         return result
 
-    def _start_opus_track(self, track: AudioTrack) -> None:
-        if track.codec_id != "A_OPUS":
+    def _start_opus(self, started: StreamStarted) -> None:
+        if started.codec != OPUS:
             raise UndecodableAudio(
-                "unsupported_codec", f"WebM track codec {clip(track.codec_id)} is not Opus"
+                "unsupported_codec", f"the stream's codec {clip(started.codec)} is not Opus"
             )
         self.streams_started += 1
-        self._opus = OpusFrameDecoder(track.codec_private, track.channels or 2)
+        self._opus = OpusFrameDecoder(started.codec_private, started.channels or 2)
 
     def _start_opus_from_packet(self, packet: bytes) -> None:
         # RFC 6716 section 3.1: bit 2 of the TOC byte is the 's' bit, 1 for stereo.
@@ -426,27 +401,6 @@ class SessionDecoder:
             return
         self._joined_48k_samples = None
         self.joined_stream_seconds = max(0.0, timestamp_ns / 1e9 - decoded_before / OPUS_RATE)
-
-    def _feed_ogg(self, blob: bytes) -> DecodeResult:
-        assert self._ogg is not None
-        result = DecodeResult()
-        parts: list[Pcm] = []
-        try:
-            events = self._ogg.feed(blob)
-        except ValueError as exc:
-            raise UndecodableAudio("corrupt_stream", f"Ogg stream is not Opus: {exc}") from exc
-        check_opus_audio_budget([e.data for e in events if isinstance(e, OggPacket)])
-        for event in events:
-            if isinstance(event, OggStreamStarted):
-                self.streams_started += 1
-                self._opus = OpusFrameDecoder(event.head.raw, event.head.channels)
-            elif isinstance(event, OggResynced):
-                result.resynced_bytes += event.dropped_bytes
-            elif isinstance(event, OggPacket) and self._opus is not None:
-                parts.extend(self._gap_fill(None, result))
-                parts.append(self._opus.decode(event.data))
-        result.pcm = np.concatenate(parts) if parts else EMPTY
-        return result
 
 
 def decode_whole_file(blob: bytes) -> Pcm:

@@ -10,11 +10,11 @@ SimpleBlock whose successor also parses, so one gap costs about the gap and no m
 from __future__ import annotations
 
 import re
-import struct
 from dataclasses import dataclass, field
 
+from ..errors import UndecodableAudio
 from .budget import ParseBudget
-from .errors import UndecodableAudio
+from .events import OPUS, DemuxEvent, Packet, Resynced, StreamStarted
 
 EBML_HEADER = 0x1A45DFA3
 EBML_MAGIC = b"\x1a\x45\xdf\xa3"
@@ -34,8 +34,6 @@ TRACK_NUMBER = 0xD7
 TRACK_TYPE = 0x83
 CODEC_ID = 0x86
 CODEC_PRIVATE = 0x63A2
-CODEC_DELAY = 0x56AA
-SAMPLING_FREQUENCY = 0xB5
 CHANNELS = 0x9F
 
 MASTER_IDS = frozenset({SEGMENT, CLUSTER, TRACKS, TRACK_ENTRY, AUDIO, BLOCK_GROUP, INFO})
@@ -55,41 +53,18 @@ class AudioTrack:
     track_type: int = 0
     codec_id: str = ""
     codec_private: bytes = b""
-    sample_rate: float = 0.0
     channels: int = 0
-    codec_delay_ns: int = 0
 
 
 def chrome_opus_track() -> AudioTrack:
     """The one track Chrome's MediaRecorder writes for `audio/webm;codecs=opus`: track 1, Opus
     at 48 kHz. The channel count is left unknown: each Opus packet's TOC byte says it."""
-    return AudioTrack(number=1, track_type=TRACK_AUDIO, codec_id="A_OPUS", sample_rate=48_000.0)
+    return AudioTrack(number=1, track_type=TRACK_AUDIO, codec_id="A_OPUS")
 
 
-@dataclass(frozen=True)
-class Frame:
-    """One codec frame of the selected audio track."""
-
-    data: bytes
-    # None when bytes were lost and the Cluster this block belongs to is not known for sure.
-    timestamp_ns: int | None
-
-
-@dataclass(frozen=True)
-class StreamStarted:
-    """A new EBML stream began (first header, or a recorder restart) and its track is known."""
-
-    track: AudioTrack
-
-
-@dataclass(frozen=True)
-class Resynced:
-    """Bytes were skipped to find the next parsable point; `dropped_bytes` were thrown away."""
-
-    dropped_bytes: int
-
-
-DemuxEvent = Frame | StreamStarted | Resynced
+def _stream_started(track: AudioTrack) -> StreamStarted:
+    codec = OPUS if track.codec_id == "A_OPUS" else track.codec_id
+    return StreamStarted(codec, track.codec_private, track.channels)
 
 
 def read_vint(buf: bytes | bytearray, pos: int, keep_marker: bool) -> tuple[int, int] | None:
@@ -130,14 +105,6 @@ def _uint(data: bytes) -> int:
     return int.from_bytes(data, "big") if data else 0
 
 
-def _float(data: bytes) -> float:
-    if len(data) == 4:
-        return float(struct.unpack(">f", data)[0])
-    if len(data) == 8:
-        return float(struct.unpack(">d", data)[0])
-    raise ValueError("float element of length other than 4 or 8")
-
-
 @dataclass
 class _StreamState:
     timecode_scale_ns: int = 1_000_000
@@ -175,10 +142,6 @@ class WebmDemuxer:
         demuxer._state.selected = track
         demuxer._resyncing = True
         return demuxer
-
-    @property
-    def track(self) -> AudioTrack | None:
-        return self._state.selected
 
     def mark_discontinuity(self) -> None:
         """Bytes before the next `feed` are missing: drop the partial element and resync."""
@@ -287,8 +250,6 @@ class WebmDemuxer:
                 TRACK_TYPE,
                 CODEC_ID,
                 CODEC_PRIVATE,
-                CODEC_DELAY,
-                SAMPLING_FREQUENCY,
                 CHANNELS,
             )
         )
@@ -307,7 +268,7 @@ class WebmDemuxer:
         for track in self._state.tracks:
             if track.track_type == TRACK_AUDIO or track.codec_id.startswith("A_"):
                 self._state.selected = track
-                events.append(StreamStarted(track))
+                events.append(_stream_started(track))
                 return
 
     def _handle_leaf(self, ident: int, body: bytes, events: list[DemuxEvent]) -> None:
@@ -334,10 +295,6 @@ class WebmDemuxer:
             track.codec_id = body.rstrip(b"\x00").decode("ascii", "replace")
         elif ident == CODEC_PRIVATE:
             track.codec_private = body
-        elif ident == CODEC_DELAY:
-            track.codec_delay_ns = _uint(body)
-        elif ident == SAMPLING_FREQUENCY:
-            track.sample_rate = _float(body)
         elif ident == CHANNELS:
             track.channels = _uint(body)
 
@@ -361,7 +318,7 @@ class WebmDemuxer:
         self._budget.spend(len(frames))
         for frame in frames:
             if frame:
-                events.append(Frame(frame, ts))
+                events.append(Packet(frame, ts))
 
     # --- resynchronisation ----------------------------------------------------------------------
 
