@@ -8,7 +8,8 @@ set -euo pipefail
 
 # Each program the tests look up on PATH, and the Debian package that provides it.
 #   chromium              tests/test_browser.py records speech with MediaRecorder in it
-#   promtool, prometheus  tests/test_observability.py checks the rules and scrapes the service
+#   promtool, prometheus  tests/test_prometheus_config.py checks the rules, and
+#                         tests/test_live_stack.py scrapes the service
 #   haproxy               the scale-out tests put the service behind a real load balancer
 PROGRAMS=(chromium promtool prometheus haproxy)
 declare -A PACKAGE_OF=([chromium]=chromium [promtool]=prometheus [prometheus]=prometheus

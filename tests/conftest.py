@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from isweep_backend.app import create_app
@@ -66,16 +67,18 @@ def engine(settings: Settings) -> Engine:
     return Engine.load(settings)
 
 
-ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+# A client of the app that create_app builds, so `client.app[...]` has the AppKeys' types.
+Client = TestClient[web.Request, web.Application]
+ClientFactory = Callable[..., Awaitable[Client]]
 
 
 @pytest.fixture
 async def make_client(
-    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    aiohttp_client: Callable[..., Awaitable[Client]],
     engine: Engine,
     settings: Settings,
 ) -> AsyncIterator[ClientFactory]:
-    async def make(**overrides: Any) -> TestClient[Any, Any]:
+    async def make(**overrides: Any) -> Client:
         return await aiohttp_client(create_app(replace(settings, **overrides), engine))
 
     yield make

@@ -8,20 +8,19 @@ from typing import Any
 
 import numpy as np
 import pytest
-from aiohttp.test_utils import TestClient
 
 from isweep_backend.engine import Engine
 from isweep_backend.keys import METRICS
 from isweep_backend.recognition import Transcript
 from isweep_backend.timeline import SAMPLE_RATE, Pcm
 from tests.audio_tools import FIXTURES, cut_blobs, encode_opus_stream, wav_bytes
-from tests.conftest import ClientFactory, chunk_body, load_synthetic
+from tests.conftest import Client, ClientFactory, chunk_body, load_synthetic
 from tests.support import service_of
 
 CHROME = FIXTURES / "chrome"  # real Chrome MediaRecorder blobs (see its README.md)
 
 
-async def post(client: TestClient[Any, Any], payload: Any) -> tuple[int, Any]:
+async def post(client: Client, payload: Any) -> tuple[int, Any]:
     resp = await client.post("/asr/stream", json=payload)
     return resp.status, await resp.json()
 
@@ -59,7 +58,7 @@ Word = tuple[str, float, float]
 
 
 async def _post_collecting(
-    client: TestClient[Any, Any], items: list[tuple[int, bytes]], words: list[Word]
+    client: Client, items: list[tuple[int, bytes]], words: list[Word]
 ) -> None:
     """Post (seq, blob) items of session user-1/7 in order, adding the words answered."""
     for seq, blob in items:
@@ -72,7 +71,7 @@ async def _post_collecting(
         ]
 
 
-async def _collect_the_rest(client: TestClient[Any, Any], last: tuple[int, bytes]) -> list[Word]:
+async def _collect_the_rest(client: Client, last: tuple[int, bytes]) -> list[Word]:
     """Once the session's last pass is done, resend its last blob for the words left."""
     session = service_of(client.app).registry.get(("user-1", 7))
     assert session is not None

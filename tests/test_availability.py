@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from aiohttp.test_utils import TestClient
 
 from isweep_backend.app import create_app
 from isweep_backend.keys import METRICS, RUNTIME
@@ -21,10 +20,9 @@ from isweep_backend.scheduler import PassScheduler
 from isweep_backend.settings import Settings
 from isweep_backend.timeline import SAMPLE_RATE
 from tests.audio_tools import cut_blobs, encode_opus_stream, wav_bytes
-from tests.conftest import ClientFactory, chunk_body, load_synthetic
+from tests.conftest import Client, ClientFactory, chunk_body, load_synthetic
 from tests.support import service_of
 
-Client = TestClient[Any, Any]
 # Short enough that no request of these tests adds a pass: it only asks for admission.
 QUIET = wav_bytes(np.zeros(SAMPLE_RATE // 4, dtype=np.float32))
 

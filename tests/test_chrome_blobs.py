@@ -26,7 +26,6 @@ import aiohttp
 import av
 import numpy as np
 import pytest
-from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from isweep_backend.audio.decode import SessionDecoder
@@ -35,7 +34,7 @@ from isweep_backend.errors import UndecodableAudio
 from isweep_backend.settings import Settings
 from isweep_backend.timeline import SAMPLE_RATE
 from tests.audio_tools import FIXTURES, Pcm, read_wav
-from tests.conftest import ClientFactory
+from tests.conftest import Client, ClientFactory
 from tests.support import service_of
 
 CHROME = FIXTURES / "chrome"
@@ -412,7 +411,7 @@ async def paced(
     return [s for answer in answers for s in answer]
 
 
-def client_post(client: TestClient[Any, Any]) -> Post:
+def client_post(client: Client) -> Post:
     async def post(seq: int, blob: bytes, chunk_start: float) -> list[dict[str, Any]]:
         resp = await client.post("/asr/stream", json=body_of(seq, blob, chunk_start))
         assert resp.status == 200, await resp.text()

@@ -9,13 +9,9 @@ import av
 import numpy as np
 import pytest
 
-from isweep_backend.audio.decode import (
-    SAMPLE_RATE,
-    MonoResampler,
-    SessionDecoder,
-    frame_to_mono,
-)
+from isweep_backend.audio.decode import MonoResampler, SessionDecoder, frame_to_mono
 from isweep_backend.errors import UndecodableAudio
+from isweep_backend.timeline import SAMPLE_RATE
 from tests.audio_tools import cut_blobs, encode_file, encode_opus_stream, wav_bytes
 from tests.conftest import load_synthetic
 

@@ -195,7 +195,7 @@ def test_opus_toc_durations_match_what_libopus_decodes() -> None:
         packets = [bytes(p) for p in container.demux(container.streams.audio[0]) if p.size]
     codec = av.CodecContext.create("libopus", "r")
     codec.sample_rate = 48_000
-    codec.layout = "stereo"  # type: ignore[attr-defined]
+    codec.layout = "stereo"
     for packet in [*packets, b"\x1b\x02", b"\x18"]:
-        frames = codec.decode(av.Packet(packet))  # type: ignore[attr-defined]
+        frames = codec.decode(av.Packet(packet))
         assert sum(f.samples for f in frames) == opus_packet_samples(packet)

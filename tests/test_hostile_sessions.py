@@ -10,13 +10,12 @@ import time
 from typing import Any
 
 import numpy as np
-from aiohttp.test_utils import TestClient
 
 from isweep_backend.audio.decode import SessionDecoder
 from isweep_backend.keys import METRICS, SETTINGS
 from isweep_backend.schema import segments_from_words
 from tests.audio_tools import FIXTURES
-from tests.conftest import ClientFactory, chunk_body
+from tests.conftest import Client, ClientFactory, chunk_body
 from tests.hostile_audio import webm_resync_storm
 from tests.support import service_of
 
@@ -32,7 +31,7 @@ SLACK_SECONDS = 2.0
 Word = tuple[str, float, float]
 
 
-async def _replay_healthy(client: TestClient[Any, Any]) -> tuple[list[float], list[Word]]:
+async def _replay_healthy(client: Client) -> tuple[list[float], list[Word]]:
     """Post the healthy blobs in order, each once the pass for the one before has run (so
     which audio each pass sees does not depend on timing, and two runs can be compared). Nothing
     is resent after the last blob (the extension never does): the words of the last pass, which
@@ -68,7 +67,7 @@ def _words(body: Any) -> list[Word]:
     ]
 
 
-async def _post_hostile_until(client: TestClient[Any, Any], done: asyncio.Event) -> int:
+async def _post_hostile_until(client: Client, done: asyncio.Event) -> int:
     """Post crafted 3 MiB blobs back to back until `done`, each as seq 0 of a new session (a
     session is cut off after a few), each full of blocks that send the demuxer back to
     resynchronise. Returns how many were accepted (and so decoded)."""

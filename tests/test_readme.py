@@ -1,7 +1,9 @@
-"""The README is the front door: its commands and settings table must stay true."""
+"""The README is the front door: its commands, its settings table, and its tables of log events
+and metrics must stay true."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import re
 import shutil
@@ -10,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from isweep_backend.metrics import Metrics
 from isweep_backend.settings import Settings, env_name
+from tests.observability_tools import PACKAGE
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -81,3 +85,45 @@ def test_every_setting_is_documented_with_its_flag_and_variable() -> None:
     for field in dataclasses.fields(Settings):
         flag = "--" + field.name.replace("_", "-")
         assert f"`{flag}`" in README and f"`{env_name(field.name)}`" in README, field.name
+
+
+LOG_METHODS = {"debug", "info", "warning", "error", "exception", "critical"}
+
+
+def logged_events() -> dict[str, set[str]]:
+    """Every event name the package logs (`log.<level>("name", field=...)`), with its fields."""
+    events: dict[str, set[str]] = {}
+    for path in sorted(PACKAGE.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in LOG_METHODS
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "log"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
+                continue
+            fields = {kw.arg for kw in node.keywords if kw.arg is not None}
+            events.setdefault(node.args[0].value, set()).update(fields)
+    return events
+
+
+def test_readme_documents_every_log_event_with_its_fields_and_every_metric() -> None:
+    readme = (ROOT / "README.md").read_text()
+    rows = {
+        match.group(1): match.group(0)
+        for match in re.finditer(r"^\| `([a-z_]+)` \|.*$", readme, re.M)
+    }
+    for event, fields in logged_events().items():
+        assert event in rows, f"log event {event!r} is not in the README's event table"
+        for name in fields:
+            assert f"`{name}`" in rows[event], f"field {name!r} of {event!r} is not in README"
+    m = Metrics()
+    for family in m.registry.collect():
+        if family.name.startswith("isweep_"):
+            exposed = family.name + ("_total" if family.type == "counter" else "")
+            exposed += "_info" if family.type == "info" else ""
+            assert f"`{exposed}`" in readme, f"metric {exposed} is not in the README"

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import numpy as np
 from aiohttp import ClientResponse
-from aiohttp.test_utils import TestClient
 
 from isweep_backend.keys import METRICS
 from isweep_backend.timeline import SAMPLE_RATE
 from tests.audio_tools import cut_blobs, encode_opus_stream, wav_bytes
-from tests.conftest import ClientFactory, chunk_body, load_synthetic
+from tests.conftest import Client, ClientFactory, chunk_body, load_synthetic
 from tests.support import service_of
 from tests.test_chrome_blobs import BLOBS, RESTART
 
@@ -163,7 +161,7 @@ async def test_a_rebound_dns_name_is_not_taken_for_the_service_itself(
     assert resp.status == 403
 
 
-async def _raw_request(client: TestClient[Any, Any], head: bytes) -> bytes:
+async def _raw_request(client: Client, head: bytes) -> bytes:
     """One request written byte for byte, as no well-behaved client would send it."""
     reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
     writer.write(head + b"Connection: close\r\n\r\n")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any, cast
 
 import pytest
 
@@ -48,4 +49,5 @@ def test_every_float_setting_is_checked_for_finiteness() -> None:
     assert len(floats) > 10
     for name in floats:
         with pytest.raises(ValueError, match=f"{name} must be a finite number"):
-            Settings(**{name: math.nan})
+            # The field is named at run time, so mypy cannot match the float to its type.
+            Settings(**cast(dict[str, Any], {name: math.nan}))

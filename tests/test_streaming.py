@@ -11,13 +11,19 @@ from typing import Any
 import jiwer
 import numpy as np
 import pytest
-from aiohttp.test_utils import TestClient
 
 from isweep_backend.engine import Engine
 from isweep_backend.settings import Settings
 from isweep_backend.timeline import SAMPLE_RATE
 from tests.audio_tools import cut_blobs, encode_opus_stream
-from tests.conftest import ClientFactory, Speech, chunk_body, load_real_speech, load_synthetic
+from tests.conftest import (
+    Client,
+    ClientFactory,
+    Speech,
+    chunk_body,
+    load_real_speech,
+    load_synthetic,
+)
 
 pytestmark = pytest.mark.slow
 # The capture goes on after the speech: the words of the last sentence arrive with the
@@ -64,7 +70,7 @@ def padded(speech: Speech) -> np.ndarray:
     return np.concatenate([speech.pcm, silence])
 
 
-async def send(client: TestClient[Any, Any], seq: int, blob: bytes) -> list[dict[str, Any]]:
+async def send(client: Client, seq: int, blob: bytes) -> list[dict[str, Any]]:
     resp = await client.post("/asr/stream", json=chunk_body(blob, seq))
     assert resp.status == 200, await resp.text()
     body = await resp.json()
@@ -73,7 +79,7 @@ async def send(client: TestClient[Any, Any], seq: int, blob: bytes) -> list[dict
 
 
 async def replay(
-    client: TestClient[Any, Any], order: list[tuple[int, bytes]], blob_seconds: float = 1.0
+    client: Client, order: list[tuple[int, bytes]], blob_seconds: float = 1.0
 ) -> list[Any]:
     """Send the blobs in `order` at the recorder's pace, one per `blob_seconds`, and collect
     only what their answers carry, as the extension does: it never sends anything after its
