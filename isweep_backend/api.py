@@ -144,7 +144,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = json_error(503, "model_not_ready", str(exc), **RETRY_AFTER)
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[SETTINGS].max_request_bytes
-        request.app[METRICS].requests_shed.labels("too_large").inc()
+        request.app[METRICS].requests_shed.inc("too_large")
         log.info("request_rejected", code="request_too_large")
         response = json_error(413, "request_too_large", f"the body is over {limit} bytes")
     except web.HTTPException as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 # Untrusted strings (a container's CodecID, a codec name) are cut to this many characters
 # before they reach an error message or a log line: a WebM CodecID may be a megabyte.
 MAX_UNTRUSTED_CHARS = 64
@@ -28,10 +30,24 @@ class InvalidRequest(IsweepError):
         self.message = message
 
 
+# Why a blob yielded no audio: the `kind` label of isweep_decode_errors_total (README).
+DecodeErrorKind = Literal[
+    "no_stream_header",
+    "unsupported_codec",
+    "corrupt_stream",
+    "no_audio_stream",
+    "corrupt_file",
+    "decoder_error",
+    "unsupported_container",
+    "implausible_format",
+    "over_budget",
+]
+
+
 class UndecodableAudio(IsweepError):
     """A blob's bytes could not be turned into audio; the session keeps its other audio."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: DecodeErrorKind, message: str) -> None:
         super().__init__(message)
         self.kind = kind
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Generic, Literal, TypeVar, get_args
 
 from prometheus_client import (
     CollectorRegistry,
@@ -24,6 +25,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .errors import DecodeErrorKind
+
 # Bucket bounds, in the metric's unit, chosen around what each one measures on a CPU.
 _FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 # A chunk request is answered within response_wait_seconds (0.4 s) of its arrival; the
@@ -35,25 +38,14 @@ _LAG_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 1
 _AUDIO_BUCKETS = (0.5, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0)
 _RTF_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)
 
-# The label values the code uses; each starts at zero (see the module docstring).
 STATUS_CLASSES = ("2xx", "4xx", "5xx")
-PASS_OUTCOMES = ("ok", "vad_skipped", "error")
-COMMIT_RULES = ("agreement", "stability", "end_of_speech", "deadline")
-HALLUCINATION_GUARDS = ("segment", "outside_speech", "end_of_speech")
-EVICTION_REASONS = ("ttl", "new_capture", "left_behind", "shutdown")
-SEQ_EVENTS = ("early", "duplicate", "late", "far_ahead", "gap", "restart")
-DECODE_ERROR_KINDS = (
-    "no_stream_header",
-    "unsupported_codec",
-    "corrupt_stream",
-    "no_audio_stream",
-    "corrupt_file",
-    "decoder_error",
-    "unsupported_container",
-    "implausible_format",
-    "over_budget",
-)
-SHED_REASONS = (
+# The values of each labelled counter (see LabelledCounter).
+PassOutcome = Literal["ok", "vad_skipped", "error"]
+CommitRule = Literal["agreement", "stability", "end_of_speech", "deadline"]
+HallucinationGuard = Literal["segment", "outside_speech", "end_of_speech"]
+EvictionReason = Literal["ttl", "new_capture", "left_behind", "shutdown"]
+SeqEvent = Literal["early", "duplicate", "late", "far_ahead", "gap", "restart"]
+ShedReason = Literal[
     "too_large",
     "session_limit",
     "user_session_limit",
@@ -61,7 +53,8 @@ SHED_REASONS = (
     "session_start_rate",
     "overloaded",
     "buffer_limit",
-)
+]
+Label = TypeVar("Label", bound=str)
 
 # cgroup files that hold a container's memory limit (v2, then v1); "max" or a huge v1 value
 # means no limit.
@@ -94,6 +87,34 @@ class MemoryLimitCollector(Collector):
             "Memory the process may use: the container (cgroup) limit, else physical RAM.",
             value=memory_limit_bytes(),
         )
+
+
+class LabelledCounter(Generic[Label]):
+    """A counter with one label whose values are the `Literal` type `Label`: mypy refuses a
+    value outside it, and every value of it starts at zero."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        label: str,
+        values: tuple[Label, ...],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.counter = Counter(name, documentation, [label], registry=registry)
+        self.name = name
+        self.label = label
+        self.values = values
+        for value in values:
+            self.counter.labels(value)
+
+    def inc(self, value: Label, amount: float = 1.0) -> None:
+        self.counter.labels(value).inc(amount)
+
+    def labels(self, value: Label) -> Counter:
+        """The series of one value (to read it)."""
+        child: Counter = self.counter.labels(value)
+        return child
 
 
 class Metrics:
@@ -150,11 +171,12 @@ class Metrics:
             buckets=_AUDIO_BUCKETS,
             registry=r,
         )
-        self.passes = Counter(
+        self.passes = LabelledCounter[PassOutcome](
             "isweep_passes_total",
             "Recognition passes by outcome.",
-            ["outcome"],
-            registry=r,
+            "outcome",
+            get_args(PassOutcome),
+            r,
         )
         self.pass_workers = Gauge(
             "isweep_pass_workers",
@@ -183,17 +205,19 @@ class Metrics:
             buckets=_LAG_BUCKETS,
             registry=r,
         )
-        self.words_committed = Counter(
+        self.words_committed = LabelledCounter[CommitRule](
             "isweep_words_committed_total",
             "Words committed, by the rule that committed them.",
-            ["rule"],
-            registry=r,
+            "rule",
+            get_args(CommitRule),
+            r,
         )
-        self.hallucination_drops = Counter(
+        self.hallucination_drops = LabelledCounter[HallucinationGuard](
             "isweep_hallucination_drops_total",
             "Hypothesis parts dropped by a guard.",
-            ["guard"],
-            registry=r,
+            "guard",
+            get_args(HallucinationGuard),
+            r,
         )
         # --- sessions -----------------------------------------------------------------------
         self.active_sessions = Gauge(
@@ -216,25 +240,28 @@ class Metrics:
             "Sessions created.",
             registry=r,
         )
-        self.sessions_evicted = Counter(
+        self.sessions_evicted = LabelledCounter[EvictionReason](
             "isweep_sessions_evicted_total",
             "Sessions removed, by reason.",
-            ["reason"],
-            registry=r,
+            "reason",
+            get_args(EvictionReason),
+            r,
         )
-        self.seq_events = Counter(
+        self.seq_events = LabelledCounter[SeqEvent](
             "isweep_seq_events_total",
             "Blob ordering events: early (held, reordered), duplicate, late, far_ahead "
             "(beyond the hold window: dropped), gap (seqs skipped), restart (a new recorder "
             "stream).",
-            ["event"],
-            registry=r,
+            "event",
+            get_args(SeqEvent),
+            r,
         )
-        self.decode_errors = Counter(
+        self.decode_errors = LabelledCounter[DecodeErrorKind](
             "isweep_decode_errors_total",
             "Blobs that yielded no audio, by kind.",
-            ["kind"],
-            registry=r,
+            "kind",
+            get_args(DecodeErrorKind),
+            r,
         )
         self.resynced_bytes = Counter(
             "isweep_resynced_bytes_total",
@@ -246,11 +273,12 @@ class Metrics:
             "Audio lost because a session buffer was full before its words were committed.",
             registry=r,
         )
-        self.requests_shed = Counter(
+        self.requests_shed = LabelledCounter[ShedReason](
             "isweep_requests_shed_total",
             "Requests refused to protect the service.",
-            ["reason"],
-            registry=r,
+            "reason",
+            get_args(ShedReason),
+            r,
         )
         # --- model --------------------------------------------------------------------------
         self.model_info = Info("isweep_model", "The loaded model.", registry=r)
@@ -264,20 +292,6 @@ class Metrics:
             "1 once the model is loaded and warm.",
             registry=r,
         )
-        self._start_at_zero()
-
-    def _start_at_zero(self) -> None:
-        for labelled, values in (
-            (self.passes, PASS_OUTCOMES),
-            (self.words_committed, COMMIT_RULES),
-            (self.hallucination_drops, HALLUCINATION_GUARDS),
-            (self.sessions_evicted, EVICTION_REASONS),
-            (self.seq_events, SEQ_EVENTS),
-            (self.decode_errors, DECODE_ERROR_KINDS),
-            (self.requests_shed, SHED_REASONS),
-        ):
-            for value in values:
-                labelled.labels(value)
 
     def init_routes(self, routes: Iterable[str]) -> None:
         """Start each route's request series at zero, so error ratios exist before an error."""

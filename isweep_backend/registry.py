@@ -13,6 +13,7 @@ import structlog
 
 from .audio.decode import starts_stream
 from .errors import IsweepError, Overloaded, RateLimited, SessionLimit
+from .metrics import EvictionReason, ShedReason
 from .ratelimit import Caller, SessionStartLimiter
 from .schema import Chunk
 from .session import Outcome, Session, SessionContext, SessionKey
@@ -110,7 +111,7 @@ class SessionRegistry:
             self._remove(session, "left_behind")
             session = self._create(key, chunk, replacing=True)
         elif not session.rate_limit.take(time.monotonic()):
-            self._metrics.requests_shed.labels("rate_limit").inc()
+            self._metrics.requests_shed.inc("rate_limit")
             raise RateLimited(
                 "rate_limited",
                 "this session sends faster than "
@@ -124,7 +125,7 @@ class SessionRegistry:
         limit, wait = self._session_starts.wait_seconds(caller, time.monotonic())
         if wait <= 0:
             return
-        self._metrics.requests_shed.labels("session_start_rate").inc()
+        self._metrics.requests_shed.inc("session_start_rate")
         log.warning("session_refused", reason="session_start_rate", limit=limit)
         per_minute = (
             self._settings.new_sessions_per_minute_per_client
@@ -142,11 +143,11 @@ class SessionRegistry:
         refusal = self._refusal(user_id)
         if refusal is not None:
             reason, error = refusal
-            self._metrics.requests_shed.labels(reason).inc()
+            self._metrics.requests_shed.inc(reason)
             log.warning("session_refused", reason=reason)
             raise error
 
-    def _refusal(self, user_id: str) -> tuple[str, IsweepError] | None:
+    def _refusal(self, user_id: str) -> tuple[ShedReason, IsweepError] | None:
         s = self._settings
         if len(self._sessions) >= s.max_sessions:
             return "session_limit", SessionLimit(
@@ -198,7 +199,7 @@ class SessionRegistry:
         log.info("session_started", session=session.log_key, first_seq=first_seq)
         return session
 
-    def _remove(self, session: Session, reason: str) -> None:
+    def _remove(self, session: Session, reason: EvictionReason) -> None:
         if self._sessions.get(session.key) is session:
             del self._sessions[session.key]
             left = self._per_user.get(session.key[0], 1) - 1
@@ -207,7 +208,7 @@ class SessionRegistry:
             else:
                 self._per_user.pop(session.key[0], None)
         session.close()
-        self._metrics.sessions_evicted.labels(reason).inc()
+        self._metrics.sessions_evicted.inc(reason)
         self._metrics.active_sessions.set(len(self._sessions))
         log.info(
             "session_ended",

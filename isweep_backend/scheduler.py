@@ -238,7 +238,7 @@ class PassScheduler:
             await self._run_pass(session)
             finished = True
         except Exception:
-            self._metrics.passes.labels("error").inc()
+            self._metrics.passes.inc("error")
             log.exception("pass_worker_error", session=session.log_key)
         finally:
             if not finished:
@@ -269,7 +269,7 @@ class PassScheduler:
         try:
             result = await loop.run_in_executor(self._executor, run_pass, self._recognizer, request)
         except Exception:
-            self._metrics.passes.labels("error").inc()
+            self._metrics.passes.inc("error")
             log.exception("pass_failed", session=session.log_key)
             self._queued_at.pop(session, None)
             await session.pass_failed(request.offset + request.audio.size)
@@ -281,7 +281,7 @@ class PassScheduler:
         self._cycle_ewma = (1 - WAIT_EWMA_WEIGHT) * self._cycle_ewma + WAIT_EWMA_WEIGHT * cycle
         self._metrics.pass_duration.observe(elapsed)
         self._metrics.pass_audio.observe(to_seconds(request.audio.size))
-        self._metrics.passes.labels("vad_skipped" if result.skipped_by_vad else "ok").inc()
+        self._metrics.passes.inc("vad_skipped" if result.skipped_by_vad else "ok")
         if new_audio > 0:
             self._metrics.real_time_factor.observe(elapsed / to_seconds(new_audio))
         log.debug(

@@ -24,9 +24,9 @@ from .audio.decode import (
     SessionDecoder,
     starts_stream,
 )
-from .errors import UndecodableAudio
+from .errors import DecodeErrorKind, UndecodableAudio
 from .logging import session_hash
-from .metrics import Metrics
+from .metrics import CommitRule, Metrics, SeqEvent
 from .policy import LocalAgreementPolicy
 from .ratelimit import TokenBucket
 from .reorder import Arrival, Blob, Gap, ReorderBuffer, Step
@@ -36,6 +36,14 @@ from .timeline import PassRequest, PassResult, Word, to_samples, to_seconds
 
 log = structlog.get_logger("isweep_backend.session")
 SessionKey = tuple[str, int]
+
+# How each out-of-order arrival is counted (isweep_seq_events_total).
+SEQ_EVENT_OF: dict[Arrival, SeqEvent] = {
+    Arrival.EARLY: "early",
+    Arrival.DUPLICATE: "duplicate",
+    Arrival.LATE: "late",
+    Arrival.FAR_AHEAD: "far_ahead",
+}
 
 # A session that starts at seq > 0 without `chunk_start_seconds` places its first blob at seq
 # times this: the extension's timeslice before any restart.
@@ -118,7 +126,7 @@ class Outcome:
 
     arrival: Arrival
     words: list[Word] = field(default_factory=list)
-    decode_error: str | None = None
+    decode_error: DecodeErrorKind | None = None
     new_audio_samples: int = 0
 
 
@@ -210,7 +218,7 @@ class Session:
             self._note_meta(seq, BlobMeta(arrived, chunk_start_seconds))
             arrival, steps = self.reorder.offer(seq, blob, loop.time())
             if arrival is not Arrival.IN_ORDER:
-                self._metrics.seq_events.labels(arrival.value).inc()
+                self._metrics.seq_events.inc(SEQ_EVENT_OF[arrival])
             outcome = Outcome(arrival)
             await self._feed(steps, outcome, seq)
             self._arm_gap_timer()
@@ -224,7 +232,7 @@ class Session:
         loop = asyncio.get_running_loop()
         for step in steps:
             if isinstance(step, Gap):
-                self._metrics.seq_events.labels("gap").inc(step.count)
+                self._metrics.seq_events.inc("gap", step.count)
                 log.info(
                     "seq_gap_skipped",
                     session=self.log_key,
@@ -253,7 +261,7 @@ class Session:
                 continue
             self._metrics.decode_duration.observe(time.perf_counter() - started)
             if result.restarted:
-                self._metrics.seq_events.labels("restart").inc()
+                self._metrics.seq_events.inc("restart")
                 self._fill_restart_gap(step.seq, result, meta)
             if meta is not None:
                 self._last_fed_arrival = meta.arrived_at
@@ -327,9 +335,14 @@ class Session:
         )
 
     def _note_decode_error(
-        self, blob: Blob, kind: str, reason: str, outcome: Outcome | None, request_seq: int
+        self,
+        blob: Blob,
+        kind: DecodeErrorKind,
+        reason: str,
+        outcome: Outcome | None,
+        request_seq: int,
     ) -> None:
-        self._metrics.decode_errors.labels(kind).inc()
+        self._metrics.decode_errors.inc(kind)
         log.warning(
             "chunk_undecodable",
             session=self.log_key,
@@ -388,20 +401,21 @@ class Session:
         decision = self.policy.apply(result, self.ring.start)
         self._outbox.extend(decision.words)
         m = self._metrics
-        for rule, count in (
+        counts: tuple[tuple[CommitRule, int], ...] = (
             ("agreement", decision.by_agreement),
             ("stability", decision.by_stability),
             ("end_of_speech", decision.by_end_of_speech),
             ("deadline", decision.by_deadline),
-        ):
+        )
+        for rule, count in counts:
             if count:
-                m.words_committed.labels(rule).inc(count)
+                m.words_committed.inc(rule, count)
         if result.dropped_segments:
-            m.hallucination_drops.labels("segment").inc(result.dropped_segments)
+            m.hallucination_drops.inc("segment", result.dropped_segments)
         if result.dropped_words:
-            m.hallucination_drops.labels("outside_speech").inc(result.dropped_words)
+            m.hallucination_drops.inc("outside_speech", result.dropped_words)
         if decision.dropped_at_end_of_speech:
-            m.hallucination_drops.labels("end_of_speech").inc(decision.dropped_at_end_of_speech)
+            m.hallucination_drops.inc("end_of_speech", decision.dropped_at_end_of_speech)
         if decision.words:
             log.info(
                 "words_committed",

@@ -3,15 +3,16 @@ started at zero, and the memory limit the service reports."""
 
 from __future__ import annotations
 
-import ast
 import os
+from typing import get_args
 
 from prometheus_client import generate_latest
 
 from isweep_backend import metrics as metrics_module
 from isweep_backend.metrics import Metrics
 from isweep_backend.reorder import Arrival
-from tests.observability_tools import PACKAGE, scrape
+from isweep_backend.session import SEQ_EVENT_OF
+from tests.observability_tools import scrape
 
 
 def test_metric_names_and_labels_follow_prometheus_conventions() -> None:
@@ -61,58 +62,30 @@ def _exposition(m: Metrics) -> str:
     return generate_latest(m.registry).decode()
 
 
-def _literal_label_values() -> dict[str, set[str]]:
-    """Label values the package passes as literals: `.<metric>.labels("x")`, the kinds of
-    `UndecodableAudio("x", ...)`, the reasons of `_remove(session, "x")` and of refusals."""
-    found: dict[str, set[str]] = {}
-    for path in sorted(PACKAGE.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if not isinstance(node, ast.Call) or not node.args:
-                continue
-            func = node.func
-            first = node.args[0]
-            if (
-                isinstance(func, ast.Attribute)
-                and func.attr == "labels"
-                and isinstance(func.value, ast.Attribute)
-                and isinstance(first, ast.Constant)
-                and isinstance(first.value, str)
-            ):
-                found.setdefault(func.value.attr, set()).add(first.value)
-            name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
-            if name == "UndecodableAudio" and isinstance(first, ast.Constant):
-                found.setdefault("decode_errors", set()).add(str(first.value))
-            if name == "_remove" and len(node.args) > 1:
-                reason = node.args[1]
-                if isinstance(reason, ast.Constant):
-                    found.setdefault("sessions_evicted", set()).add(str(reason.value))
-        for function in ast.walk(ast.parse(path.read_text())):
-            if isinstance(function, ast.FunctionDef) and function.name == "_refusal":
-                for ret in ast.walk(function):
-                    if (
-                        isinstance(ret, ast.Return)
-                        and isinstance(ret.value, ast.Tuple)
-                        and isinstance(ret.value.elts[0], ast.Constant)
-                    ):
-                        found.setdefault("requests_shed", set()).add(str(ret.value.elts[0].value))
-    found.setdefault("seq_events", set()).update(
-        a.value for a in Arrival if a is not Arrival.IN_ORDER
-    )
-    return found
-
-
-def test_every_label_value_the_package_uses_starts_at_zero() -> None:
+def test_every_value_of_every_labelled_counter_is_exposed_at_zero_before_any_event() -> None:
+    """The values are `Literal` types that mypy checks at every call that counts one, so a
+    value the code counts is one of these; here each of them is a series from the start."""
     m = Metrics()
-    for metric, values in _literal_label_values().items():
-        if metric == "requests":
-            continue  # (route, status class): started per route by Metrics.init_routes
-        started = {
-            sample.labels[next(iter(sample.labels))]
-            for family in getattr(m, metric).collect()
-            for sample in family.samples
-            if sample.labels
+    text = _exposition(m)
+    labelled = {
+        name: counter
+        for name, counter in vars(m).items()
+        if isinstance(counter, metrics_module.LabelledCounter)
+    }
+    assert set(labelled) >= {"passes", "decode_errors", "requests_shed", "seq_events"}
+    exposed = scrape(text)
+    for name, counter in labelled.items():
+        series = {
+            dict(labels)[counter.label]: value
+            for (sample, labels), value in exposed.items()
+            if sample == counter.name
         }
-        assert values <= started, (metric, values - started)
+        assert series == dict.fromkeys(counter.values, 0.0), name
+
+
+def test_every_out_of_order_arrival_is_counted_as_a_seq_event() -> None:
+    assert set(SEQ_EVENT_OF) == {a for a in Arrival if a is not Arrival.IN_ORDER}
+    assert set(SEQ_EVENT_OF.values()) <= set(get_args(metrics_module.SeqEvent))
 
 
 def test_memory_limit_is_the_cgroup_limit_or_the_machine_ram() -> None:
