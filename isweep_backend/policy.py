@@ -121,6 +121,16 @@ class LocalAgreementPolicy:
         return "".join(before)[-PROMPT_CHARS:].lstrip()
 
     def apply(self, result: PassResult, buffer_start: int) -> CommitDecision:
+        """Take one pass's words and decide which are final.
+
+        Args:
+            result: what the pass heard, on the session timeline.
+            buffer_start: the session sample where the pass's audio began.
+
+        Returns:
+            The newly committed words (in time order, none twice, none before an earlier
+            commit), how many each rule committed, and where the buffer may be trimmed.
+        """
         decision = CommitDecision()
         interval = self._pass_interval(result)
         deadline_advance = min(max(interval - SAMPLE_RATE, 0), MAX_DEADLINE_ADVANCE_SAMPLES)

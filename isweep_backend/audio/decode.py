@@ -259,6 +259,20 @@ class SessionDecoder:
         self._gap_estimate_samples += round(missing_blobs * per_blob)
 
     def decode(self, blob: bytes) -> DecodeResult:
+        """Decode the session's next blob, in seq order (blocking: call it from an executor).
+
+        Args:
+            blob: the next bytes of the session's WebM or Ogg stream (a new stream's header
+                starts a new one: a recorder restart), or a whole file in an accepted format.
+
+        Returns:
+            The 16 kHz mono PCM the blob completes, gapless after the previous blob's, with
+            what happened on the way (a restart, resynced bytes, silence for lost audio).
+
+        Raises:
+            UndecodableAudio: the blob yields no audio; its `kind` says why. The decoder
+                stays usable for the session's next blobs.
+        """
         if self._over_budget_blobs >= MAX_OVER_BUDGET_BLOBS_PER_SESSION:
             raise UndecodableAudio(
                 "over_budget",
