@@ -1,8 +1,5 @@
 """Helpers shared by the benchmarks in bench/ (replay.py, soak.py): the server they may start,
 /proc and /metrics readings, the reference text, percentiles and number formatting.
-
-Importing this module puts the repository root on `sys.path`, so the scripts can import
-`tests.audio_tools` when run as `python bench/<script>.py`.
 """
 
 from __future__ import annotations
@@ -25,11 +22,9 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from isweep_backend.decode import SessionDecoder
 
-from isweep_backend.decode import SessionDecoder  # noqa: E402
+from . import REPO
 
 MIME = "audio/webm;codecs=opus"
 SLOW_RTT_SECONDS = 0.5  # the extension's slow-round-trip threshold

@@ -1,7 +1,7 @@
 """What HAProxy adds to a chunk's round trip: the same request sent to one replica straight and
 through ops/haproxy/haproxy.cfg, alternately, so the machine's noise falls on both alike.
 
-    python bench/haproxy_overhead.py --requests 400
+    python -m bench.haproxy_overhead --requests 400
 
 The request is the extension's: a real Chrome blob (tests/fixtures/chrome, ~22 KB of JSON)
 re-sent with a seq the session already has, so the replica adds no audio and runs no pass and
@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 import aiohttp
-from benchlib import REPO, Server, fmt, free_port, pct, proc_cpu_seconds
+
+from .benchlib import REPO, Server, fmt, free_port, pct, proc_cpu_seconds
 
 HAPROXY_DIR = REPO / "ops" / "haproxy"
 CHROME = REPO / "tests" / "fixtures" / "chrome"
@@ -134,7 +135,9 @@ async def measure(args: argparse.Namespace, workdir: Path) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.haproxy_overhead", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--requests", type=int, default=400, help="measured requests each way")
     parser.add_argument("--warmup", type=int, default=20, help="unmeasured requests each way")
     return parser.parse_args(argv)

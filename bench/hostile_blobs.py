@@ -2,9 +2,9 @@
 its own subprocess under a memory limit and a time limit, so an old decoder that would take
 minutes or gigabytes shows as "timeout" or "out of memory" instead of taking the machine down.
 
-    python bench/hostile_blobs.py                 # this checkout
+    python -m bench.hostile_blobs                 # this checkout
     git archive OLD_COMMIT isweep_backend | tar -x -C OLD_DIR
-    python bench/hostile_blobs.py --code OLD_DIR  # the package of another commit
+    python -m bench.hostile_blobs --code OLD_DIR  # the package of another commit
 
 Prints one `case size: seconds result` line per case; result is the decoded audio in
 seconds or the `UndecodableAudio` kind. `--no-step-budget` lifts the parse-step budget, to
@@ -27,7 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from . import REPO
+
 CASES = ("webm_resync_storm", "ogg_fake_page_storm", "webm_laced_opus_bomb", "flac_of_silence")
 SIZES = (20_000, 40_000, 80_000, 3 << 20)
 
@@ -94,7 +95,9 @@ def queue_latency(threads: int, hostile_sessions: int) -> tuple[float, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.hostile_blobs", description=__doc__.splitlines()[0]
+    )
     parser.add_argument(
         "--code", type=Path, default=REPO, help="a directory holding the isweep_backend to time"
     )
@@ -105,7 +108,6 @@ def main() -> int:
     parser.add_argument("--queue", action="store_true", help="measure the decode queue")
     args = parser.parse_args()
     if args.queue:
-        sys.path.insert(0, str(REPO))
         for sessions in (1, 4, 8):
             for threads in (1, 4):
                 median, worst = queue_latency(threads, sessions)
@@ -116,7 +118,7 @@ def main() -> int:
                 )
         return 0
     limit = int(args.memory_gib * (1 << 30))
-    # The package under test first, then this checkout for tests.hostile_audio.
+    # The package under test first, then this checkout for bench and tests.hostile_audio.
     env = os.environ | {"PYTHONPATH": f"{args.code.resolve()}{os.pathsep}{REPO}"}
 
     def limit_memory() -> None:

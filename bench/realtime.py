@@ -1,11 +1,11 @@
 """The honest real-time benchmark: replay real speech recorded by Chromium's MediaRecorder
 (bench/corpus/) at the recorded pace, as the extension sends it, and score what it receives.
 
-    python bench/realtime.py                          # tuning recordings, 1, 4 and 6 sessions
-    python bench/realtime.py --sessions 1 --holdout   # the holdout recordings too
-    python bench/realtime.py --model base --sessions 1,2
-    python bench/realtime.py --set commit_deadline_seconds=2 --sessions 1
-    python bench/realtime.py --curve --sessions 1     # latency-accuracy curve over policy knobs
+    python -m bench.realtime                          # tuning recordings, 1, 4 and 6 sessions
+    python -m bench.realtime --sessions 1 --holdout   # the holdout recordings too
+    python -m bench.realtime --model base --sessions 1,2
+    python -m bench.realtime --set commit_deadline_seconds=2 --sessions 1
+    python -m bench.realtime --curve --sessions 1     # latency-accuracy curve over policy knobs
 
 Each blob is POSTed at its recorded arrival time without waiting for earlier answers; the
 blob stop() flushed at a restart is not sent, and nothing is sent after the recording's last
@@ -29,10 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import benchlib
-import corpus
-import scoring
-import textnorm
+
+from . import benchlib, corpus, scoring, textnorm
 
 DEFAULT_CURVE = (
     "stable_after_seconds=0,0.3,0.5;"
@@ -223,7 +221,7 @@ def offline_wers(recordings: list[corpus.Recording], model: str) -> dict[str, fl
     (before the server starts, so it costs the run nothing)."""
     if model == "tiny.en":
         return {r.name: float(r.offline["sent_wer"]) for r in recordings}
-    import corpus_reference
+    from . import corpus_reference  # the model, only when it is needed
 
     whisper = corpus_reference.load_model(model)
     out = {}
@@ -483,7 +481,9 @@ def load_average() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.realtime", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--sessions", default="1,4,6", help="session counts, e.g. 1,4,6")
     parser.add_argument("--recordings", nargs="*", default=None, help="names in bench/corpus/")
     parser.add_argument("--holdout", action="store_true", help="include the holdout recordings")

@@ -4,8 +4,8 @@ N concurrent sessions each send a WAV file, encoded like Chrome's MediaRecorder 
 stream, cut at arbitrary byte offsets into ~1 s blobs), one POST per blob at the pace the
 extension would, without waiting for earlier answers. Prints plain `name: value` lines.
 
-    python bench/replay.py --start-server --sessions 4
-    python bench/replay.py --url http://127.0.0.1:8001 --sessions 2 --wav tests/fixtures/long.wav
+    python -m bench.replay --start-server --sessions 4
+    python -m bench.replay --url http://127.0.0.1:8001 --sessions 2 --wav tests/fixtures/long.wav
 """
 
 from __future__ import annotations
@@ -29,7 +29,11 @@ from typing import Any
 import aiohttp
 import jiwer
 import numpy as np
-from benchlib import (
+
+from isweep_backend.decode import SAMPLE_RATE
+from tests.audio_tools import cut_blobs, encode_opus_stream, read_wav
+
+from .benchlib import (
     MIME,
     REPO,
     SLOW_RTT_SECONDS,
@@ -47,9 +51,6 @@ from benchlib import (
     sleep_until,
     words_of,
 )
-
-from isweep_backend.decode import SAMPLE_RATE
-from tests.audio_tools import cut_blobs, encode_opus_stream, read_wav
 
 # The capture goes on after the speech, as a tab's does: the last words ride on the answers
 # to these blobs of silence. Nothing is sent after the last blob (the extension never does).
@@ -441,7 +442,9 @@ async def main_async(args: argparse.Namespace) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m bench.replay",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--url", default="http://127.0.0.1:8001", help="a running server")
     p.add_argument(

@@ -7,9 +7,9 @@ waiting for earlier answers. While it runs, it samples the server's RSS and /met
 at the end it prints per-minute tables (word-emit latency, round trips, errors, passes, queue
 wait, shed requests, overwritten audio), WER per session, and the summary lines.
 
-    python bench/soak.py --start-server --sessions 4 --minutes 10
-    python bench/soak.py --start-server --overload --sessions 10 --minutes 2
-    python bench/soak.py --url http://127.0.0.1:8001 --sessions 2 --minutes 1
+    python -m bench.soak --start-server --sessions 4 --minutes 10
+    python -m bench.soak --start-server --overload --sessions 10 --minutes 2
+    python -m bench.soak --url http://127.0.0.1:8001 --sessions 2 --minutes 1
 
 `--overload` starts the sessions one by one (`--ramp-seconds` apart) beyond what the service
 can serve and reports how it degrades: refused new sessions, the latency of those refusals,
@@ -43,7 +43,11 @@ from typing import Any
 import aiohttp
 import jiwer
 import numpy as np
-from benchlib import (
+
+from isweep_backend.decode import SAMPLE_RATE
+from tests.audio_tools import cut_blobs, encode_opus_stream, read_wav
+
+from .benchlib import (
     MIME,
     REPO,
     SLOW_RTT_SECONDS,
@@ -60,9 +64,6 @@ from benchlib import (
     sleep_until,
     words_of,
 )
-
-from isweep_backend.decode import SAMPLE_RATE
-from tests.audio_tools import cut_blobs, encode_opus_stream, read_wav
 
 SAMPLE_SECONDS = 5.0  # /metrics and RSS are sampled this often
 RSS_ROW_SECONDS = 30.0  # ... and printed this often
@@ -1093,7 +1094,9 @@ async def main_async(args: argparse.Namespace) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m bench.soak",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--url", default="http://127.0.0.1:8001", help="a running server")
     p.add_argument(
