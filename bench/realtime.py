@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import json
-import os
 import sys
 import tempfile
 import uuid
@@ -30,7 +28,12 @@ from typing import Any
 
 import aiohttp
 
-from . import benchlib, corpus, scoring, textnorm
+from . import corpus, scoring, textnorm
+from .client import Chunk, b64, post_chunk, sleep_until
+from .probes import proc_cpu_seconds, scrape
+from .report import fmt, load_average, server_log_problems
+from .service import Service
+from .stats import pct
 
 DEFAULT_CURVE = (
     "stable_after_seconds=0,0.3,0.5;"
@@ -77,50 +80,41 @@ class Point:
 async def replay_session(
     http: aiohttp.ClientSession,
     url: str,
-    rec: corpus.Recording,
-    bodies: list[tuple[float, dict[str, Any]]],
+    chunks: list[tuple[float, Chunk]],
     start_at: float,
 ) -> SessionRun:
-    """POST each body at start_at + its arrival time, never awaiting an earlier answer."""
+    """POST each chunk at start_at + its arrival time, never awaiting an earlier answer."""
     loop = asyncio.get_running_loop()
     run = SessionRun()
 
-    async def post(at: float, body: dict[str, Any]) -> None:
-        run.late_max = max(run.late_max, await benchlib.sleep_until(loop, start_at + at))
-        sent = loop.time()
-        try:
-            async with http.post(url + "/asr/stream", json=body) as resp:
-                if resp.status != 200:
-                    run.failures.append(f"seq {body['seq']}: {resp.status} {await resp.text()}")
-                    return
-                segments = (await resp.json())["segments"]
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            run.failures.append(f"seq {body['seq']}: {exc!r}")
-            return
-        now = loop.time()
-        run.rtts.append(now - sent)
-        run.responses.append((now - start_at, segments))
+    async def post(at: float, chunk: Chunk) -> None:
+        run.late_max = max(run.late_max, await sleep_until(loop, start_at + at))
+        answer = await post_chunk(http, url, chunk)
+        if answer.status is None:
+            run.failures.append(f"seq {chunk.seq}: {answer.exception!r}")
+        elif not answer.ok:
+            run.failures.append(f"seq {chunk.seq}: {answer.status} {answer.text()}")
+        else:
+            run.rtts.append(answer.rtt)
+            run.responses.append((answer.received - start_at, answer.json()["segments"]))
 
-    await asyncio.gather(*(post(at, body) for at, body in bodies))
+    await asyncio.gather(*(post(at, chunk) for at, chunk in chunks))
     run.responses.sort(key=lambda r: r[0])  # the extension handles answers as they arrive
     return run
 
 
-def request_bodies(
-    rec: corpus.Recording, user_id: str, tab_id: int
-) -> list[tuple[float, dict[str, Any]]]:
-    """What the extension sends for this recording: (arrival time, JSON body) per sent blob."""
+def request_chunks(rec: corpus.Recording, user_id: str, tab_id: int) -> list[tuple[float, Chunk]]:
+    """What the extension sends for this recording: (arrival time, request) per sent blob."""
     return [
         (
             blob.at_seconds,
-            {
-                "user_id": user_id,
-                "tab_id": tab_id,
-                "seq": blob.seq,
-                "chunk_start_seconds": float(blob.seq or 0) * STREAM_INTERVAL_SECONDS[blob.stream],
-                "mime_type": benchlib.MIME,
-                "audio_b64": base64.b64encode(blob.data).decode(),
-            },
+            Chunk(
+                user_id,
+                tab_id,
+                blob.seq or 0,
+                float(blob.seq or 0) * STREAM_INTERVAL_SECONDS[blob.stream],
+                b64(blob.data),
+            ),
         )
         for blob in rec.sent
     ]
@@ -137,12 +131,12 @@ async def run_point(
     dump: Path | None = None,
 ) -> Point:
     tag = uuid.uuid4().hex[:6]
-    plans = [request_bodies(rec, f"rt-{tag}-{i}", i + 1) for i in range(sessions)]
+    plans = [request_chunks(rec, f"rt-{tag}-{i}", i + 1) for i in range(sessions)]
     loop = asyncio.get_running_loop()
     base = loop.time() + 0.2
     cpu_start = await cpu()
     runs = await asyncio.gather(
-        *(replay_session(http, url, rec, plans[i], base + i * stagger) for i in range(sessions))
+        *(replay_session(http, url, plans[i], base + i * stagger) for i in range(sessions))
     )
     cpu_end = await cpu()
     scores, wers = score_runs(rec, sessions, runs, dump)
@@ -246,8 +240,8 @@ def summary(points: list[Point]) -> dict[str, Any]:
     offline = [p.offline_wer for p in points for _ in p.scores]
     return {
         "reference_words": reference,
-        "lag_p50": benchlib.pct(lags, 0.5),
-        "lag_p95": benchlib.pct(lags, 0.95),
+        "lag_p50": pct(lags, 0.5),
+        "lag_p95": pct(lags, 0.95),
         "lag_max": max(lags) if lags else float("nan"),
         "streamed_wer": sum(streamed) / len(streamed) if streamed else float("nan"),
         "streamed_wer_max": max(streamed) if streamed else float("nan"),
@@ -265,7 +259,7 @@ def summary(points: list[Point]) -> dict[str, Any]:
         if known_cpu is None
         else known_cpu / sum(p.audio_seconds for p in points),
         "failures": sum(len(p.failures) for p in points),
-        "rtt_p95": benchlib.pct([x for p in points for x in p.rtts], 0.95),
+        "rtt_p95": pct([x for p in points for x in p.rtts], 0.95),
         "late_send_max": max(p.late_max for p in points),
     }
 
@@ -278,7 +272,7 @@ HEADER = (
 
 
 def row(label: str, sessions: int, s: dict[str, Any]) -> str:
-    f = benchlib.fmt
+    f = fmt
     return (
         f"{label:<16} {sessions:>2} {s['reference_words']:>5}  {f(s['lag_p50'], 2):>7} "
         f"{f(s['lag_p95'], 2):>5} {f(s['lag_max'], 2):>5}  {f(s['streamed_wer']):>5} "
@@ -334,22 +328,20 @@ async def service(
         url = args.url.rstrip("/")
 
         async def metrics_cpu() -> float | None:
-            return (await benchlib.scrape(http, url)).get("process_cpu_seconds_total")
+            return (await scrape(http, url)).get("process_cpu_seconds_total")
 
         yield url, metrics_cpu
         return
     log = Path(tempfile.mkstemp(prefix="isweep-realtime-", suffix=".log")[1])
-    server = benchlib.Server(log, env={"ISWEEP_MODEL": args.model, **env})
+    server = Service(log, env={"ISWEEP_MODEL": args.model, **env})
     pid = server.proc.pid
 
     async def proc_cpu() -> float | None:
-        return benchlib.proc_cpu_seconds(pid)
+        return proc_cpu_seconds(pid)
 
     try:
-        await server.wait_ready(http, 180)
+        ready = await server.wait_ready(http, 180)
         if announce:
-            async with http.get(server.url + "/readyz") as resp:
-                ready = await resp.json()
             print(
                 f"server: model {ready.get('model')} ({ready.get('model_source')}), "
                 f"{ready.get('device')} {ready.get('compute_type')}; {env or 'defaults'}",
@@ -363,7 +355,7 @@ async def service(
 
 def report_server_log(log: Path, verbose: bool) -> None:
     """Show the server's warnings (with --verbose), then delete its log."""
-    count, shown = benchlib.server_log_problems(log)
+    count, shown = server_log_problems(log)
     if count and verbose:
         print(f"server log: {count} lines at warning and above", *shown, sep="\n  ")
     log.unlink(missing_ok=True)
@@ -409,7 +401,7 @@ def lag_floor(rec: corpus.Recording, after: float = FLOOR_AFTER_SECONDS) -> list
 
 
 def print_floor(points: list[Point]) -> None:
-    f = benchlib.fmt
+    f = fmt
     names = list(dict.fromkeys(p.recording for p in points))
     pooled: list[float] = []
     print(
@@ -419,11 +411,9 @@ def print_floor(points: list[Point]) -> None:
     for name in names:
         lags = lag_floor(corpus.load(name))
         pooled += lags
-        print(f"  {name:<16} {f(benchlib.pct(lags, 0.5), 2)} / {f(benchlib.pct(lags, 0.95), 2)}")
+        print(f"  {name:<16} {f(pct(lags, 0.5), 2)} / {f(pct(lags, 0.95), 2)}")
     if len(names) > 1:
-        print(
-            f"  {'ALL':<16} {f(benchlib.pct(pooled, 0.5), 2)} / {f(benchlib.pct(pooled, 0.95), 2)}"
-        )
+        print(f"  {'ALL':<16} {f(pct(pooled, 0.5), 2)} / {f(pct(pooled, 0.95), 2)}")
 
 
 def print_table(args: argparse.Namespace, points: list[Point]) -> None:
@@ -473,11 +463,6 @@ async def curve(
                 print(f"{knob:<28} {value:>6} " + row("", sessions, s)[17:], flush=True)
                 rows.append({"knob": knob, "value": value, "sessions": sessions, **s})
     return rows
-
-
-def load_average() -> str:
-    """The machine's 1-minute load: other work on it skews every figure."""
-    return f"{os.getloadavg()[0]:.2f}"
 
 
 def main() -> None:
@@ -534,7 +519,7 @@ def main() -> None:
     print(
         f"recordings: {', '.join(r.name + (' (holdout)' if r.holdout else '') for r in recordings)}"
         f"; model {args.model}; settings {args.set or 'defaults'}; "
-        f"load average {load_average()}"
+        f"load average {load_average():.2f}"
     )
     if args.curve:
         rows = asyncio.run(curve(args, recordings))
@@ -547,7 +532,7 @@ def main() -> None:
                 {"recording": p.recording, "sessions": p.sessions, **summary([p])} for p in points
             ]
         }
-    print(f"load average at the end {load_average()}")
+    print(f"load average at the end {load_average():.2f}")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1, default=str) + "\n")
     sys.exit(0)

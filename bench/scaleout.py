@@ -37,7 +37,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .benchlib import REPO, free_port
+from . import REPO
+from .service import free_port
 
 RUN_LOCAL = REPO / "ops" / "haproxy" / "run-local.sh"
 REALTIME = [sys.executable, "-m", "bench.realtime"]

@@ -47,23 +47,14 @@ import numpy as np
 from isweep_backend.decode import SAMPLE_RATE
 from tests.audio_tools import cut_blobs, encode_opus_stream, read_wav
 
-from .benchlib import (
-    MIME,
-    REPO,
-    SLOW_RTT_SECONDS,
-    Server,
-    Snapshot,
-    blob_end_samples,
-    fmt,
-    load_reference,
-    normalise,
-    pct,
-    proc_cpu_seconds,
-    proc_status_kb,
-    scrape_snapshot,
-    sleep_until,
-    words_of,
-)
+from . import REPO
+from .client import MIME_TYPE as MIME
+from .client import SLOW_RTT_SECONDS, sleep_until
+from .probes import Snapshot, proc_cpu_seconds, proc_status_kb, scrape_snapshot
+from .report import fmt
+from .service import Service
+from .stats import normalise, pct, words_of
+from .streams import blob_end_samples, load_reference
 
 SAMPLE_SECONDS = 5.0  # /metrics and RSS are sampled this often
 RSS_ROW_SECONDS = 30.0  # ... and printed this often
@@ -354,7 +345,7 @@ def other_cores(a: Sample, b: Sample) -> float | None:
 
 
 async def take_sample(
-    run: Run, server: Server | None, mark: float | None, t_run: float | None = None
+    run: Run, server: Service | None, mark: float | None, t_run: float | None = None
 ) -> Sample:
     t = run.now() if t_run is None else t_run
     metrics = await scrape_snapshot(run.http, run.url)
@@ -384,7 +375,7 @@ async def take_sample(
 
 
 async def sampler(
-    run: Run, server: Server | None, stop: asyncio.Event, samples: list[Sample]
+    run: Run, server: Service | None, stop: asyncio.Event, samples: list[Sample]
 ) -> None:
     loop = asyncio.get_running_loop()
     k = 1
@@ -637,7 +628,7 @@ async def main_async(args: argparse.Namespace) -> int:
     prep_seconds = time.monotonic() - prep_started
     load_start = os.getloadavg()
 
-    server: Server | None = None
+    server: Service | None = None
     url = args.url.rstrip("/")
     timeout = aiohttp.ClientTimeout(total=args.request_timeout)
     connector = aiohttp.TCPConnector(limit=0)
@@ -652,9 +643,11 @@ async def main_async(args: argparse.Namespace) -> int:
             if args.start_server:
                 code_state = git_state()
                 log_path = Path(tempfile.mkdtemp(prefix="isweep-soak-")) / "server.log"
-                server = Server(log_path)
+                server = Service(log_path)
                 url = server.url
-                ready_seconds = await server.wait_ready(http, args.ready_timeout)
+                started = time.monotonic()
+                await server.wait_ready(http, args.ready_timeout)
+                ready_seconds = time.monotonic() - started
             loop = asyncio.get_running_loop()
             run = Run(
                 http,
