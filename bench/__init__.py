@@ -5,7 +5,8 @@ Shared by every benchmark: `service` (start the service on a free loopback port 
 it is ready), `client` (the one `/asr/stream` request and its typed answer), `probes` (/proc
 and /metrics readings of a running server), `streams` (a WAV sent as the extension sends it),
 `stats` (percentiles, word timings, WER) and `report` (plain `name: value` lines and tables).
-The real-time corpus has `corpus`, `textnorm` and `scoring`.
+The real-time corpus has `corpus`, `textnorm` and `scoring`; `soak/` is the soak benchmark
+split into its capture, runner, metrics and report.
 """
 
 from __future__ import annotations

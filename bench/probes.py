@@ -1,5 +1,5 @@
-"""Readings of a running server: CPU time, memory and threads of its process tree from /proc,
-and scrapes of its /metrics.
+"""Readings of a running server and of the machine: CPU time, memory and threads of a process
+tree from /proc, busy time of every core from /proc/stat, and scrapes of /metrics.
 """
 
 from __future__ import annotations
@@ -61,6 +61,17 @@ def proc_status_kb(pid: int, key: str) -> int:
             if line.startswith(key + ":"):
                 total += int(line.split()[1])
     return total
+
+
+def machine_busy_seconds() -> float | None:
+    """Busy CPU time of every core of the machine: /proc/stat's first line minus idle and
+    iowait (guest time is already counted in user)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    total = sum(fields[:8])
+    return (total - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 # --- /metrics ---------------------------------------------------------------------------------

@@ -1,13 +1,17 @@
 """Writing a benchmark's report: plain `name: value` lines, right-aligned tables, numbers and
-clock times formatted one way, and a summary of the server's log.
+clock times formatted one way, and summaries of the server's log and code.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
+
+from . import REPO
 
 LONG_LOG_LINE = 300  # characters of a log line shown
 
@@ -69,3 +73,43 @@ def server_log_problems(path: Path, limit: int = 8) -> tuple[int, list[str]]:
     the first `limit` of them."""
     lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
     return len(lines), [_shorten(ln) for ln in lines[:limit]]
+
+
+def log_events(path: Path, limit: int = 8) -> tuple[Counter[str], list[str]]:
+    """The server's log lines (warning and above) by event, and the first `limit` that are
+    not refusals of new sessions."""
+    events: Counter[str] = Counter()
+    shown: list[str] = []
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            event = str(json.loads(line).get("event", "?"))
+        except (ValueError, AttributeError):
+            event = "(not json)"
+        events[event] += 1
+        if event != "session_refused" and len(shown) < limit:
+            shown.append(_shorten(line))
+    return events, shown
+
+
+def git_state() -> str:
+    """The commit checked out, and how many files under isweep_backend/ differ from it."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "isweep_backend"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return "n/a"
+    return head + (f" + uncommitted changes in {len(dirty)} file(s)" if dirty else "")
