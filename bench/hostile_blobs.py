@@ -94,6 +94,49 @@ def queue_latency(threads: int, hostile_sessions: int) -> tuple[float, float]:
     return statistics.median(latencies), max(latencies)
 
 
+def print_queue_latencies() -> None:
+    """--queue: a healthy blob's latency behind 1, 4 and 8 hostile sessions, 1 and 4 threads."""
+    for sessions in (1, 4, 8):
+        for threads in (1, 4):
+            median, worst = queue_latency(threads, sessions)
+            print(
+                f"hostile sessions {sessions}, decode threads {threads}: healthy blob "
+                f"latency median {median * 1000:.0f} ms, max {worst * 1000:.0f} ms",
+                flush=True,
+            )
+
+
+def time_case(args: argparse.Namespace, case: str, size: int) -> str:
+    """One case in a child process under the memory and time limits: its result line."""
+    limit = int(args.memory_gib * (1 << 30))
+    # The package under test first, then this checkout for bench and tests.hostile_audio.
+    env = os.environ | {"PYTHONPATH": f"{args.code.resolve()}{os.pathsep}{REPO}"}
+
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    call = f"run_one({case!r}, {size}, {args.no_step_budget})"
+    code = f"from bench.hostile_blobs import run_one; {call}"
+    try:
+        done = subprocess.run(
+            # -P: the package comes from --code, not from the working directory.
+            [sys.executable, "-P", "-c", code],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=args.timeout,
+            preexec_fn=limit_memory,
+        )
+    except subprocess.TimeoutExpired:
+        return f"timeout (> {args.timeout:g} s)"
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["?"])[-1]
+        verdict = "out of memory" if "MemoryError" in done.stderr else last[:120]
+        return f"failed: {verdict}"
+    return done.stdout.strip()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.hostile_blobs", description=__doc__.splitlines()[0]
@@ -108,48 +151,13 @@ def main() -> int:
     parser.add_argument("--queue", action="store_true", help="measure the decode queue")
     args = parser.parse_args()
     if args.queue:
-        for sessions in (1, 4, 8):
-            for threads in (1, 4):
-                median, worst = queue_latency(threads, sessions)
-                print(
-                    f"hostile sessions {sessions}, decode threads {threads}: healthy blob "
-                    f"latency median {median * 1000:.0f} ms, max {worst * 1000:.0f} ms",
-                    flush=True,
-                )
+        print_queue_latencies()
         return 0
-    limit = int(args.memory_gib * (1 << 30))
-    # The package under test first, then this checkout for bench and tests.hostile_audio.
-    env = os.environ | {"PYTHONPATH": f"{args.code.resolve()}{os.pathsep}{REPO}"}
-
-    def limit_memory() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
     for case in args.cases:
         for size in SIZES:
-            call = f"run_one({case!r}, {size}, {args.no_step_budget})"
-            code = f"from bench.hostile_blobs import run_one; {call}"
             label = f"{case} {size // 1000 if size < 1 << 20 else size >> 20}"
             label += " KB" if size < 1 << 20 else " MiB"
-            try:
-                done = subprocess.run(
-                    # -P: the package comes from --code, not from the working directory.
-                    [sys.executable, "-P", "-c", code],
-                    cwd=REPO,
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=args.timeout,
-                    preexec_fn=limit_memory,
-                )
-            except subprocess.TimeoutExpired:
-                print(f"{label}: timeout (> {args.timeout:g} s)", flush=True)
-                continue
-            if done.returncode != 0:
-                last = (done.stderr.strip().splitlines() or ["?"])[-1]
-                verdict = "out of memory" if "MemoryError" in done.stderr else last[:120]
-                print(f"{label}: failed: {verdict}", flush=True)
-                continue
-            print(f"{label}: {done.stdout.strip()}", flush=True)
+            print(f"{label}: {time_case(args, case, size)}", flush=True)
     return 0
 
 

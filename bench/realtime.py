@@ -465,7 +465,7 @@ async def curve(
     return rows
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.realtime", description=__doc__.split("\n\n")[0]
     )
@@ -504,15 +504,23 @@ def main() -> None:
         "--rescore", type=Path, metavar="DIR", help="score a --dump folder again instead of running"
     )
     parser.add_argument("--quiet", action="store_true", help="only the final table")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.sessions = [int(x) for x in args.sessions.split(",")]
-    if args.rescore:
-        points = rescore(args.rescore, args.model)
-        args.sessions = sorted({p.sessions for p in points})
-        if args.verbose:
-            print("\n".join(line for p in points for line in details(p)))
-        print_table(args, points)
-        return
+    return args
+
+
+def print_rescored(args: argparse.Namespace) -> None:
+    """--rescore: the table of a --dump folder's answers, scored again."""
+    points = rescore(args.rescore, args.model)
+    args.sessions = sorted({p.sessions for p in points})
+    if args.verbose:
+        print("\n".join(line for p in points for line in details(p)))
+    print_table(args, points)
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Replay the selected recordings (once per curve value with --curve), print the table
+    and return every figure, for --json."""
     recordings = corpus.select(args.recordings, args.holdout)
     if args.url and (args.curve or args.set or args.model != "tiny.en"):
         raise SystemExit("--curve, --set and --model start their own server: drop --url")
@@ -522,16 +530,22 @@ def main() -> None:
         f"load average {load_average():.2f}"
     )
     if args.curve:
-        rows = asyncio.run(curve(args, recordings))
-        out: dict[str, Any] = {"curve": rows}
-    else:
-        points = asyncio.run(run_all(args, recordings, parse_settings(args.set)))
-        print_table(args, points)
-        out = {
-            "points": [
-                {"recording": p.recording, "sessions": p.sessions, **summary([p])} for p in points
-            ]
-        }
+        return {"curve": asyncio.run(curve(args, recordings))}
+    points = asyncio.run(run_all(args, recordings, parse_settings(args.set)))
+    print_table(args, points)
+    return {
+        "points": [
+            {"recording": p.recording, "sessions": p.sessions, **summary([p])} for p in points
+        ]
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    if args.rescore:
+        print_rescored(args)
+        return
+    out = measure(args)
     print(f"load average at the end {load_average():.2f}")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1, default=str) + "\n")
