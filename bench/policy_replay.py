@@ -95,8 +95,8 @@ def replay(
         pending = [(t, ws) for t, ws in pending if t > answered]
         answers.append((answered, ready))
     out = Replayed()
-    for at, words in sorted(answers, key=lambda a: a[0]):
-        out.responses.append((at, segments_from_words(words)))
+    for answered_at, words in sorted(answers, key=lambda a: a[0]):
+        out.responses.append((answered_at, segments_from_words(words)))
     return out
 
 
