@@ -1,13 +1,13 @@
 """Record the real-time corpus's blobs (bench/corpus/) through headless Chromium's MediaRecorder.
 
-    python bench/corpus_sources.py --packages PKG --out SRC
-    python bench/corpus_record.py --sources SRC [--only NAME ...]
+    python -m bench.corpus_sources --packages PKG --out SRC
+    python -m bench.corpus_record --sources SRC [--only NAME ...]
 
 Plays each source WAV through bench/corpus_record.html with the extension's recorder options
 (audio/webm;codecs=opus, 128 kbit/s, start(1000); stop() + start(2000) at a restart) and writes
 `bench/corpus/<name>.webm-parts` (every blob, in order, back to back) and `<name>.json` (the
 index: each blob's byte range, arrival time, stream, and whether the extension would send it).
-Then run bench/corpus_reference.py to add the reference words.
+Then run `python -m bench.corpus_reference` to add the reference words.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import benchlib  # noqa: F401  (puts the repository root on sys.path)
 from aiohttp import web
 
 from tests.browser import chromium
@@ -104,7 +103,9 @@ def save(name: str, meta: dict[str, Any], report: dict[str, Any]) -> None:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.corpus_record", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--sources", type=Path, required=True)
     parser.add_argument("--only", nargs="*", default=None)
     args = parser.parse_args()

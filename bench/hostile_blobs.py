@@ -2,9 +2,9 @@
 its own subprocess under a memory limit and a time limit, so an old decoder that would take
 minutes or gigabytes shows as "timeout" or "out of memory" instead of taking the machine down.
 
-    python bench/hostile_blobs.py                 # this checkout
+    python -m bench.hostile_blobs                 # this checkout
     git archive OLD_COMMIT isweep_backend | tar -x -C OLD_DIR
-    python bench/hostile_blobs.py --code OLD_DIR  # the package of another commit
+    python -m bench.hostile_blobs --code OLD_DIR  # the package of another commit
 
 Prints one `case size: seconds result` line per case; result is the decoded audio in
 seconds or the `UndecodableAudio` kind. `--no-step-budget` lifts the parse-step budget, to
@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from . import REPO
+
 CASES = ("webm_resync_storm", "ogg_fake_page_storm", "webm_laced_opus_bomb", "flac_of_silence")
 SIZES = (20_000, 40_000, 80_000, 3 << 20)
 
@@ -43,21 +46,33 @@ def build(case: str, size: int) -> bytes:
     return data
 
 
+def audio_modules() -> tuple[Any, Any]:
+    """The budget and decode modules of the package under test: in `audio/` since the
+    package got its subpackage, at the top level in the commits before (`--code`)."""
+    try:
+        return (
+            importlib.import_module("isweep_backend.audio.budget"),
+            importlib.import_module("isweep_backend.audio.decode"),
+        )
+    except ModuleNotFoundError:
+        return (
+            importlib.import_module("isweep_backend.budget"),
+            importlib.import_module("isweep_backend.decode"),
+        )
+
+
 def run_one(case: str, size: int, lift_step_budget: bool = False) -> None:
     """In the child: build the blob, decode it once as a session's first blob, print."""
+    budget, decode = audio_modules()
     if lift_step_budget:
-        from isweep_backend.audio import budget
-
         budget.MAX_PARSE_STEPS_PER_BLOB = 1 << 40
-    from isweep_backend.audio.decode import SessionDecoder
     from isweep_backend.errors import UndecodableAudio
-    from isweep_backend.timeline import SAMPLE_RATE
 
     blob = build(case, size)
     started = time.perf_counter()
     try:
-        pcm = SessionDecoder().decode(blob).pcm
-        result = f"{pcm.size / SAMPLE_RATE:.1f} s of audio"
+        pcm = decode.SessionDecoder().decode(blob).pcm
+        result = f"{pcm.size / 16_000:.1f} s of audio"
     except UndecodableAudio as exc:
         result = f"refused ({exc.kind})"
     print(f"{time.perf_counter() - started:.3f} {result} [{len(blob)} bytes]")
@@ -94,8 +109,53 @@ def queue_latency(threads: int, hostile_sessions: int) -> tuple[float, float]:
     return statistics.median(latencies), max(latencies)
 
 
+def print_queue_latencies() -> None:
+    """--queue: a healthy blob's latency behind 1, 4 and 8 hostile sessions, 1 and 4 threads."""
+    for sessions in (1, 4, 8):
+        for threads in (1, 4):
+            median, worst = queue_latency(threads, sessions)
+            print(
+                f"hostile sessions {sessions}, decode threads {threads}: healthy blob "
+                f"latency median {median * 1000:.0f} ms, max {worst * 1000:.0f} ms",
+                flush=True,
+            )
+
+
+def time_case(args: argparse.Namespace, case: str, size: int) -> str:
+    """One case in a child process under the memory and time limits: its result line."""
+    limit = int(args.memory_gib * (1 << 30))
+    # The package under test first, then this checkout for bench and tests.hostile_audio.
+    env = os.environ | {"PYTHONPATH": f"{args.code.resolve()}{os.pathsep}{REPO}"}
+
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    call = f"run_one({case!r}, {size}, {args.no_step_budget})"
+    code = f"from bench.hostile_blobs import run_one; {call}"
+    try:
+        done = subprocess.run(
+            # -P: the package comes from --code, not from the working directory.
+            [sys.executable, "-P", "-c", code],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=args.timeout,
+            preexec_fn=limit_memory,
+        )
+    except subprocess.TimeoutExpired:
+        return f"timeout (> {args.timeout:g} s)"
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["?"])[-1]
+        verdict = "out of memory" if "MemoryError" in done.stderr else last[:120]
+        return f"failed: {verdict}"
+    return done.stdout.strip()
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.hostile_blobs", description=__doc__.splitlines()[0]
+    )
     parser.add_argument(
         "--code", type=Path, default=REPO, help="a directory holding the isweep_backend to time"
     )
@@ -106,49 +166,13 @@ def main() -> int:
     parser.add_argument("--queue", action="store_true", help="measure the decode queue")
     args = parser.parse_args()
     if args.queue:
-        sys.path.insert(0, str(REPO))
-        for sessions in (1, 4, 8):
-            for threads in (1, 4):
-                median, worst = queue_latency(threads, sessions)
-                print(
-                    f"hostile sessions {sessions}, decode threads {threads}: healthy blob "
-                    f"latency median {median * 1000:.0f} ms, max {worst * 1000:.0f} ms",
-                    flush=True,
-                )
+        print_queue_latencies()
         return 0
-    limit = int(args.memory_gib * (1 << 30))
-    # The package under test first, then this checkout for tests.hostile_audio.
-    env = os.environ | {"PYTHONPATH": f"{args.code.resolve()}{os.pathsep}{REPO}"}
-
-    def limit_memory() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
     for case in args.cases:
         for size in SIZES:
-            call = f"run_one({case!r}, {size}, {args.no_step_budget})"
-            code = f"from bench.hostile_blobs import run_one; {call}"
             label = f"{case} {size // 1000 if size < 1 << 20 else size >> 20}"
             label += " KB" if size < 1 << 20 else " MiB"
-            try:
-                done = subprocess.run(
-                    # -P: the package comes from --code, not from the working directory.
-                    [sys.executable, "-P", "-c", code],
-                    cwd=REPO,
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=args.timeout,
-                    preexec_fn=limit_memory,
-                )
-            except subprocess.TimeoutExpired:
-                print(f"{label}: timeout (> {args.timeout:g} s)", flush=True)
-                continue
-            if done.returncode != 0:
-                last = (done.stderr.strip().splitlines() or ["?"])[-1]
-                verdict = "out of memory" if "MemoryError" in done.stderr else last[:120]
-                print(f"{label}: failed: {verdict}", flush=True)
-                continue
-            print(f"{label}: {done.stdout.strip()}", flush=True)
+            print(f"{label}: {time_case(args, case, size)}", flush=True)
     return 0
 
 

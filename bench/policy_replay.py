@@ -12,7 +12,7 @@ see therefore never depends on the machine's load, so two runs of the same polic
 same figures; only the scoring's lags are modelled (and, with `--measured`, measured). The
 lag, WER and lost/invented figures are scored exactly as realtime.py scores them.
 
-    python bench/policy_replay.py [--recordings NAME ...] [--set KEY=VALUE ...]
+    python -m bench.policy_replay [--recordings NAME ...] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -22,9 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import corpus
 import numpy as np
-import realtime
 
 from isweep_backend.audio.decode import SessionDecoder
 from isweep_backend.engine import Engine
@@ -35,6 +33,8 @@ from isweep_backend.schema import segments_from_words
 from isweep_backend.session import restart_fill_samples
 from isweep_backend.settings import Settings, load_settings
 from isweep_backend.timeline import SAMPLE_RATE, PassRequest
+
+from . import corpus, realtime
 
 # What a pass costs on the server beyond the model: the executor hop, the policy, the answer.
 MEASURED_OVERHEAD_SECONDS = 0.03
@@ -97,13 +97,15 @@ def replay(
         pending = [(t, ws) for t, ws in pending if t > answered]
         answers.append((answered, ready))
     out = Replayed()
-    for at, words in sorted(answers, key=lambda a: a[0]):
-        out.responses.append((at, segments_from_words(words)))
+    for answered_at, words in sorted(answers, key=lambda a: a[0]):
+        out.responses.append((answered_at, segments_from_words(words)))
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.policy_replay", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--recordings", nargs="*")
     parser.add_argument("--holdout", action="store_true")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

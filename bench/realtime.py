@@ -1,11 +1,11 @@
 """The honest real-time benchmark: replay real speech recorded by Chromium's MediaRecorder
 (bench/corpus/) at the recorded pace, as the extension sends it, and score what it receives.
 
-    python bench/realtime.py                          # tuning recordings, 1, 4 and 6 sessions
-    python bench/realtime.py --sessions 1 --holdout   # the holdout recordings too
-    python bench/realtime.py --model base --sessions 1,2
-    python bench/realtime.py --set commit_deadline_seconds=2 --sessions 1
-    python bench/realtime.py --curve --sessions 1     # latency-accuracy curve over policy knobs
+    python -m bench.realtime                          # tuning recordings, 1, 4 and 6 sessions
+    python -m bench.realtime --sessions 1 --holdout   # the holdout recordings too
+    python -m bench.realtime --model base --sessions 1,2
+    python -m bench.realtime --set commit_deadline_seconds=2 --sessions 1
+    python -m bench.realtime --curve --sessions 1     # latency-accuracy curve over policy knobs
 
 Each blob is POSTed at its recorded arrival time without waiting for earlier answers; the
 blob stop() flushed at a restart is not sent, and nothing is sent after the recording's last
@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import json
-import os
 import sys
 import tempfile
 import uuid
@@ -29,10 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import benchlib
-import corpus
-import scoring
-import textnorm
+
+from . import corpus, scoring, textnorm
+from .client import Chunk, b64, post_chunk, sleep_until
+from .probes import proc_cpu_seconds, scrape
+from .report import fmt, load_average, server_log_problems
+from .service import Service
+from .stats import pct
 
 DEFAULT_CURVE = (
     "stable_after_seconds=0,0.3,0.5;"
@@ -79,50 +80,41 @@ class Point:
 async def replay_session(
     http: aiohttp.ClientSession,
     url: str,
-    rec: corpus.Recording,
-    bodies: list[tuple[float, dict[str, Any]]],
+    chunks: list[tuple[float, Chunk]],
     start_at: float,
 ) -> SessionRun:
-    """POST each body at start_at + its arrival time, never awaiting an earlier answer."""
+    """POST each chunk at start_at + its arrival time, never awaiting an earlier answer."""
     loop = asyncio.get_running_loop()
     run = SessionRun()
 
-    async def post(at: float, body: dict[str, Any]) -> None:
-        run.late_max = max(run.late_max, await benchlib.sleep_until(loop, start_at + at))
-        sent = loop.time()
-        try:
-            async with http.post(url + "/asr/stream", json=body) as resp:
-                if resp.status != 200:
-                    run.failures.append(f"seq {body['seq']}: {resp.status} {await resp.text()}")
-                    return
-                segments = (await resp.json())["segments"]
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            run.failures.append(f"seq {body['seq']}: {exc!r}")
-            return
-        now = loop.time()
-        run.rtts.append(now - sent)
-        run.responses.append((now - start_at, segments))
+    async def post(at: float, chunk: Chunk) -> None:
+        run.late_max = max(run.late_max, await sleep_until(loop, start_at + at))
+        answer = await post_chunk(http, url, chunk)
+        if answer.status is None:
+            run.failures.append(f"seq {chunk.seq}: {answer.exception!r}")
+        elif not answer.ok:
+            run.failures.append(f"seq {chunk.seq}: {answer.status} {answer.text()}")
+        else:
+            run.rtts.append(answer.rtt)
+            run.responses.append((answer.received - start_at, answer.json()["segments"]))
 
-    await asyncio.gather(*(post(at, body) for at, body in bodies))
+    await asyncio.gather(*(post(at, chunk) for at, chunk in chunks))
     run.responses.sort(key=lambda r: r[0])  # the extension handles answers as they arrive
     return run
 
 
-def request_bodies(
-    rec: corpus.Recording, user_id: str, tab_id: int
-) -> list[tuple[float, dict[str, Any]]]:
-    """What the extension sends for this recording: (arrival time, JSON body) per sent blob."""
+def request_chunks(rec: corpus.Recording, user_id: str, tab_id: int) -> list[tuple[float, Chunk]]:
+    """What the extension sends for this recording: (arrival time, request) per sent blob."""
     return [
         (
             blob.at_seconds,
-            {
-                "user_id": user_id,
-                "tab_id": tab_id,
-                "seq": blob.seq,
-                "chunk_start_seconds": float(blob.seq or 0) * STREAM_INTERVAL_SECONDS[blob.stream],
-                "mime_type": benchlib.MIME,
-                "audio_b64": base64.b64encode(blob.data).decode(),
-            },
+            Chunk(
+                user_id,
+                tab_id,
+                blob.seq or 0,
+                float(blob.seq or 0) * STREAM_INTERVAL_SECONDS[blob.stream],
+                b64(blob.data),
+            ),
         )
         for blob in rec.sent
     ]
@@ -139,12 +131,12 @@ async def run_point(
     dump: Path | None = None,
 ) -> Point:
     tag = uuid.uuid4().hex[:6]
-    plans = [request_bodies(rec, f"rt-{tag}-{i}", i + 1) for i in range(sessions)]
+    plans = [request_chunks(rec, f"rt-{tag}-{i}", i + 1) for i in range(sessions)]
     loop = asyncio.get_running_loop()
     base = loop.time() + 0.2
     cpu_start = await cpu()
     runs = await asyncio.gather(
-        *(replay_session(http, url, rec, plans[i], base + i * stagger) for i in range(sessions))
+        *(replay_session(http, url, plans[i], base + i * stagger) for i in range(sessions))
     )
     cpu_end = await cpu()
     scores, wers = score_runs(rec, sessions, runs, dump)
@@ -223,7 +215,7 @@ def offline_wers(recordings: list[corpus.Recording], model: str) -> dict[str, fl
     (before the server starts, so it costs the run nothing)."""
     if model == "tiny.en":
         return {r.name: float(r.offline["sent_wer"]) for r in recordings}
-    import corpus_reference
+    from . import corpus_reference  # the model, only when it is needed
 
     whisper = corpus_reference.load_model(model)
     out = {}
@@ -248,8 +240,8 @@ def summary(points: list[Point]) -> dict[str, Any]:
     offline = [p.offline_wer for p in points for _ in p.scores]
     return {
         "reference_words": reference,
-        "lag_p50": benchlib.pct(lags, 0.5),
-        "lag_p95": benchlib.pct(lags, 0.95),
+        "lag_p50": pct(lags, 0.5),
+        "lag_p95": pct(lags, 0.95),
         "lag_max": max(lags) if lags else float("nan"),
         "streamed_wer": sum(streamed) / len(streamed) if streamed else float("nan"),
         "streamed_wer_max": max(streamed) if streamed else float("nan"),
@@ -267,7 +259,7 @@ def summary(points: list[Point]) -> dict[str, Any]:
         if known_cpu is None
         else known_cpu / sum(p.audio_seconds for p in points),
         "failures": sum(len(p.failures) for p in points),
-        "rtt_p95": benchlib.pct([x for p in points for x in p.rtts], 0.95),
+        "rtt_p95": pct([x for p in points for x in p.rtts], 0.95),
         "late_send_max": max(p.late_max for p in points),
     }
 
@@ -280,7 +272,7 @@ HEADER = (
 
 
 def row(label: str, sessions: int, s: dict[str, Any]) -> str:
-    f = benchlib.fmt
+    f = fmt
     return (
         f"{label:<16} {sessions:>2} {s['reference_words']:>5}  {f(s['lag_p50'], 2):>7} "
         f"{f(s['lag_p95'], 2):>5} {f(s['lag_max'], 2):>5}  {f(s['streamed_wer']):>5} "
@@ -336,22 +328,20 @@ async def service(
         url = args.url.rstrip("/")
 
         async def metrics_cpu() -> float | None:
-            return (await benchlib.scrape(http, url)).get("process_cpu_seconds_total")
+            return (await scrape(http, url)).get("process_cpu_seconds_total")
 
         yield url, metrics_cpu
         return
     log = Path(tempfile.mkstemp(prefix="isweep-realtime-", suffix=".log")[1])
-    server = benchlib.Server(log, env={"ISWEEP_MODEL": args.model, **env})
+    server = Service(log, env={"ISWEEP_MODEL": args.model, **env})
     pid = server.proc.pid
 
     async def proc_cpu() -> float | None:
-        return benchlib.proc_cpu_seconds(pid)
+        return proc_cpu_seconds(pid)
 
     try:
-        await server.wait_ready(http, 180)
+        ready = await server.wait_ready(http, 180)
         if announce:
-            async with http.get(server.url + "/readyz") as resp:
-                ready = await resp.json()
             print(
                 f"server: model {ready.get('model')} ({ready.get('model_source')}), "
                 f"{ready.get('device')} {ready.get('compute_type')}; {env or 'defaults'}",
@@ -365,7 +355,7 @@ async def service(
 
 def report_server_log(log: Path, verbose: bool) -> None:
     """Show the server's warnings (with --verbose), then delete its log."""
-    count, shown = benchlib.server_log_problems(log)
+    count, shown = server_log_problems(log)
     if count and verbose:
         print(f"server log: {count} lines at warning and above", *shown, sep="\n  ")
     log.unlink(missing_ok=True)
@@ -411,7 +401,7 @@ def lag_floor(rec: corpus.Recording, after: float = FLOOR_AFTER_SECONDS) -> list
 
 
 def print_floor(points: list[Point]) -> None:
-    f = benchlib.fmt
+    f = fmt
     names = list(dict.fromkeys(p.recording for p in points))
     pooled: list[float] = []
     print(
@@ -421,11 +411,9 @@ def print_floor(points: list[Point]) -> None:
     for name in names:
         lags = lag_floor(corpus.load(name))
         pooled += lags
-        print(f"  {name:<16} {f(benchlib.pct(lags, 0.5), 2)} / {f(benchlib.pct(lags, 0.95), 2)}")
+        print(f"  {name:<16} {f(pct(lags, 0.5), 2)} / {f(pct(lags, 0.95), 2)}")
     if len(names) > 1:
-        print(
-            f"  {'ALL':<16} {f(benchlib.pct(pooled, 0.5), 2)} / {f(benchlib.pct(pooled, 0.95), 2)}"
-        )
+        print(f"  {'ALL':<16} {f(pct(pooled, 0.5), 2)} / {f(pct(pooled, 0.95), 2)}")
 
 
 def print_table(args: argparse.Namespace, points: list[Point]) -> None:
@@ -477,13 +465,10 @@ async def curve(
     return rows
 
 
-def load_average() -> str:
-    """The machine's 1-minute load: other work on it skews every figure."""
-    return f"{os.getloadavg()[0]:.2f}"
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.realtime", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--sessions", default="1,4,6", help="session counts, e.g. 1,4,6")
     parser.add_argument("--recordings", nargs="*", default=None, help="names in bench/corpus/")
     parser.add_argument("--holdout", action="store_true", help="include the holdout recordings")
@@ -519,35 +504,49 @@ def main() -> None:
         "--rescore", type=Path, metavar="DIR", help="score a --dump folder again instead of running"
     )
     parser.add_argument("--quiet", action="store_true", help="only the final table")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.sessions = [int(x) for x in args.sessions.split(",")]
-    if args.rescore:
-        points = rescore(args.rescore, args.model)
-        args.sessions = sorted({p.sessions for p in points})
-        if args.verbose:
-            print("\n".join(line for p in points for line in details(p)))
-        print_table(args, points)
-        return
+    return args
+
+
+def print_rescored(args: argparse.Namespace) -> None:
+    """--rescore: the table of a --dump folder's answers, scored again."""
+    points = rescore(args.rescore, args.model)
+    args.sessions = sorted({p.sessions for p in points})
+    if args.verbose:
+        print("\n".join(line for p in points for line in details(p)))
+    print_table(args, points)
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Replay the selected recordings (once per curve value with --curve), print the table
+    and return every figure, for --json."""
     recordings = corpus.select(args.recordings, args.holdout)
     if args.url and (args.curve or args.set or args.model != "tiny.en"):
         raise SystemExit("--curve, --set and --model start their own server: drop --url")
     print(
         f"recordings: {', '.join(r.name + (' (holdout)' if r.holdout else '') for r in recordings)}"
         f"; model {args.model}; settings {args.set or 'defaults'}; "
-        f"load average {load_average()}"
+        f"load average {load_average():.2f}"
     )
     if args.curve:
-        rows = asyncio.run(curve(args, recordings))
-        out: dict[str, Any] = {"curve": rows}
-    else:
-        points = asyncio.run(run_all(args, recordings, parse_settings(args.set)))
-        print_table(args, points)
-        out = {
-            "points": [
-                {"recording": p.recording, "sessions": p.sessions, **summary([p])} for p in points
-            ]
-        }
-    print(f"load average at the end {load_average()}")
+        return {"curve": asyncio.run(curve(args, recordings))}
+    points = asyncio.run(run_all(args, recordings, parse_settings(args.set)))
+    print_table(args, points)
+    return {
+        "points": [
+            {"recording": p.recording, "sessions": p.sessions, **summary([p])} for p in points
+        ]
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    if args.rescore:
+        print_rescored(args)
+        return
+    out = measure(args)
+    print(f"load average at the end {load_average():.2f}")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1, default=str) + "\n")
     sys.exit(0)

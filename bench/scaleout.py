@@ -1,11 +1,11 @@
 """Sessions held at the latency target through HAProxy with 1, 2 and 3 replicas on one machine.
 
-    python bench/scaleout.py                                  # 1, 2, 3 replicas
-    python bench/scaleout.py --replicas 1 2 --start-sessions 1 --step 1 --target-p95 3
+    python -m bench.scaleout                                  # 1, 2, 3 replicas
+    python -m bench.scaleout --replicas 1 2 --start-sessions 1 --step 1 --target-p95 3
 
 For each replica count it starts `ops/haproxy/run-local.sh REPLICAS PORT` (the replicas and
 HAProxy, as an operator would on one machine), waits until HAProxy's health checks see every
-replica UP, then runs `bench/realtime.py --url <HAProxy>`: N sessions replay a real speech
+replica UP, then runs `python -m bench.realtime --url <HAProxy>`: N sessions replay a real speech
 recording made by Chromium's MediaRecorder (--recording, default `continuous`, 78 s of
 reading without long pauses) at its recorded pace, as the extension sends it. N goes up by
 --step from --start-sessions (for the next replica count, from the last count's figure, up
@@ -37,10 +37,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchlib import REPO, free_port
+from . import REPO
+from .service import free_port
 
 RUN_LOCAL = REPO / "ops" / "haproxy" / "run-local.sh"
-REALTIME = REPO / "bench" / "realtime.py"
+REALTIME = [sys.executable, "-m", "bench.realtime"]
 
 
 @dataclass
@@ -103,12 +104,12 @@ def replay(url: str, sessions: int, recording: str, replicas: int) -> Run:
     """One run of the real-time benchmark through HAProxy."""
     with tempfile.TemporaryDirectory() as tmp:
         figures = Path(tmp) / "figures.json"
-        command = [sys.executable, str(REALTIME), "--url", url, "--sessions", str(sessions)]
+        command = [*REALTIME, "--url", url, "--sessions", str(sessions)]
         command += ["--recordings", recording, "--quiet", "--json", str(figures)]
         started = os.getloadavg()[0]
         result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
         if not figures.exists():
-            raise RuntimeError(f"realtime.py failed:\n{result.stdout}\n{result.stderr}")
+            raise RuntimeError(f"bench.realtime failed:\n{result.stdout}\n{result.stderr}")
         (point,) = json.loads(figures.read_text())["points"]
     return Run(
         replicas,
@@ -129,7 +130,9 @@ def last(held: dict[int, Run | None]) -> int | None:
 
 def main() -> int:
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m bench.scaleout",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--replicas", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--recording", default="continuous", help="a name in bench/corpus/")

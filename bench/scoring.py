@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import textnorm
+from . import textnorm
 
 # Two words are the same piece of speech only if their ends are this close on the session's
 # timeline: streamed and offline word times differ by a few hundred ms, a repeat by more.

@@ -4,22 +4,16 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from aiohttp import web
 
+from bench.service import free_port
 from isweep_backend.app import create_app
 from isweep_backend.engine import Engine
 from isweep_backend.settings import Settings
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

@@ -559,7 +559,8 @@ async def test_a_session_evicted_mid_capture_resumes_on_the_next_blob_in_time_or
 
 @pytest.mark.slow
 async def test_a_restarted_process_picks_the_capture_up_mid_stream() -> None:
-    from tests.test_cli import start_service, wait_ready
+    from bench.service import wait_ready_async
+    from tests.test_cli import start_service
 
     restart_after = NEW_STREAM + 2  # the old process saw seqs 0-5; 6 on are headerless
     sent: list[dict[str, Any]] = []
@@ -568,7 +569,7 @@ async def test_a_restarted_process_picks_the_capture_up_mid_stream() -> None:
         for seqs, out in ((range(restart_after), sent), (range(restart_after, 10), got)):
             proc, base = start_service()
             try:
-                assert await asyncio.to_thread(wait_ready, base) is not None
+                await wait_ready_async(http, base, 60, proc)
                 post = http_post(http, f"{base}/asr/stream")
                 out += words(await paced(post, RESTART_BLOBS, SENT_AT, seqs))
                 async with http.get(f"{base}/metrics") as resp:

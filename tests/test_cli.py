@@ -12,14 +12,13 @@ import sys
 import threading
 import time
 import urllib.request
-from typing import Any
 
 import pytest
 
+from bench.service import free_port, wait_ready
 from isweep_backend.settings import Settings, env_name
 from tests.audio_tools import wav_bytes
 from tests.conftest import load_synthetic
-from tests.live_server import free_port
 
 SERVICE = [sys.executable, "-m", "isweep_backend", "--log-format", "json"]
 # What the `isweep-backend` console script runs (pyproject.toml [project.scripts]).
@@ -39,17 +38,6 @@ def start_service(**env: str) -> tuple[subprocess.Popen[str], str]:
     return proc, f"http://127.0.0.1:{port}"
 
 
-def wait_ready(base: str) -> dict[str, Any] | None:
-    for _ in range(300):
-        try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=1) as resp:
-                ready: dict[str, Any] = json.loads(resp.read())
-                return ready
-        except OSError:
-            time.sleep(0.1)
-    return None
-
-
 def events_of(output: str) -> list[str]:
     return [json.loads(line)["event"] for line in output.splitlines() if line.startswith("{")]
 
@@ -58,8 +46,8 @@ def events_of(output: str) -> list[str]:
 def test_module_starts_offline_reports_ready_and_stops_on_sigterm() -> None:
     proc, base = start_service()
     try:
-        ready = wait_ready(base)
-        assert ready is not None and ready["model"] == "tiny.en"
+        ready = wait_ready(base, 60, proc)
+        assert ready["model"] == "tiny.en"
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=20)
     finally:
@@ -140,7 +128,7 @@ def test_sigterm_answers_every_request_in_flight_and_exits_within_the_stop_bound
             answers[tab] = resp.status
 
     try:
-        assert wait_ready(base) is not None
+        wait_ready(base, 60, proc)
         senders = [threading.Thread(target=send, args=(t,)) for t in range(SESSIONS_IN_FLIGHT)]
         for sender in senders:
             sender.start()

@@ -16,7 +16,6 @@ import math
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ import numpy as np
 import pytest
 import yaml
 
+from bench.service import free_port
 from isweep_backend.logging import session_hash
 from tests.audio_tools import cut_blobs, encode_opus_stream
 from tests.conftest import chunk_body, load_synthetic
@@ -56,12 +56,6 @@ TRAILING_SILENCE_SECONDS = 3.0
 BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{64,}")
 HEX16 = re.compile(r"^[0-9a-f]{16}$")
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http(

@@ -127,3 +127,27 @@ def test_readme_documents_every_log_event_with_its_fields_and_every_metric() -> 
             exposed = family.name + ("_total" if family.type == "counter" else "")
             exposed += "_info" if family.type == "info" else ""
             assert f"`{exposed}`" in readme, f"metric {exposed} is not in the README"
+
+
+def test_the_layout_map_names_every_module_of_the_package() -> None:
+    layout = README.split("## Layout", 1)[1].split("```", 2)[1]
+    # Each line of the map is "  name.py   its job", indented one step per folder.
+    listed: set[str] = set()
+    folders: list[str] = []
+    for line in layout.splitlines():
+        match = re.match(r"( *)(\S+)", line)
+        if match is None:
+            continue
+        depth, name = len(match.group(1)) // 2, match.group(2)
+        del folders[depth:]
+        if name.endswith("/"):
+            folders.append(name)
+        elif name.endswith(".py"):
+            listed.add("".join(folders) + name)
+    modules = {
+        path.relative_to(PACKAGE.parent).as_posix()
+        for path in PACKAGE.rglob("*.py")
+        if path.name != "__init__.py"
+    }
+    assert modules - listed == set(), "modules missing from the README's layout map"
+    assert listed - modules == set(), "the README's layout map names modules that do not exist"

@@ -6,18 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
-sys.path.insert(0, str(BENCH))
-
-import corpus  # noqa: E402
-import scoring  # noqa: E402
-import textnorm  # noqa: E402
+from bench import corpus, scoring, textnorm
 
 EBML_MAGIC = b"\x1a\x45\xdf\xa3"
 NAMES = corpus.names()

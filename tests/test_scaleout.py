@@ -37,11 +37,11 @@ import pytest
 import structlog
 import yaml
 
+from bench.service import free_port
 from isweep_backend.api import INSTANCE_HEADER
 from isweep_backend.logging import configure_logging
 from isweep_backend.registry import STALE_SESSION_SECONDS
 from tests.conftest import ClientFactory, chunk_body
-from tests.live_server import free_port
 from tests.test_streaming import normalise, wer
 
 ROOT = Path(__file__).resolve().parent.parent
