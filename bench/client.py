@@ -88,6 +88,37 @@ class Answer:
         return self.body[:limit].decode("utf-8", "replace")
 
 
+class AnsweredRequest:
+    """What a benchmark's per-request record reads through from its `answer` (the record
+    classes are dataclasses with an `answer: Answer` field of their own)."""
+
+    answer: Answer
+
+    @property
+    def sent(self) -> float:
+        return self.answer.sent
+
+    @property
+    def received(self) -> float:
+        return self.answer.received
+
+    @property
+    def rtt(self) -> float:
+        return self.answer.rtt
+
+    @property
+    def status(self) -> int | None:
+        """None: no HTTP answer (connection error, timeout)."""
+        return self.answer.status
+
+    @property
+    def ok(self) -> bool:
+        return self.answer.ok
+
+    def segments(self) -> list[dict[str, Any]]:
+        return self.answer.segments()
+
+
 async def post_chunk(
     http: aiohttp.ClientSession,
     url: str,

@@ -23,7 +23,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import numpy as np
@@ -32,10 +31,17 @@ from isweep_backend.timeline import SAMPLE_RATE
 from tests.audio_tools import encode_opus_stream, read_wav
 
 from . import REPO
-from .client import SLOW_RTT_SECONDS, Answer, Chunk, post_chunk, sleep_until
+from .client import (
+    SLOW_RTT_SECONDS,
+    Answer,
+    AnsweredRequest,
+    Chunk,
+    post_chunk,
+    sleep_until,
+)
 from .probes import delta, proc_cpu_seconds, proc_status_kb, scrape
 from .report import Report, fmt, server_log_problems
-from .service import Service
+from .service import Service, add_service_arguments
 from .stats import pct, transcript_wer, words_of
 from .streams import load_reference, session_blobs
 
@@ -104,27 +110,11 @@ def prepare(args: argparse.Namespace, prefix: str) -> tuple[list[SessionPlan], f
 
 
 @dataclass
-class Record:
+class Record(AnsweredRequest):
     session: int
     seq: int
     duplicate: bool
     answer: Answer
-
-    @property
-    def sent(self) -> float:
-        return self.answer.sent
-
-    @property
-    def received(self) -> float:
-        return self.answer.received
-
-    @property
-    def rtt(self) -> float:
-        return self.answer.rtt
-
-    @property
-    def status(self) -> int | None:
-        return self.answer.status
 
     @property
     def error(self) -> str | None:
@@ -132,9 +122,6 @@ class Record:
         if self.answer.exception is not None:
             return repr(self.answer.exception)
         return None if self.answer.ok else self.answer.text(200)
-
-    def segments(self) -> list[dict[str, Any]]:
-        return self.answer.segments()
 
 
 async def post(
@@ -490,12 +477,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--url", default="http://127.0.0.1:8001", help="a running server")
-    p.add_argument(
-        "--start-server",
-        action="store_true",
-        help="start `python -m isweep_backend` on a free port, measure it, stop it",
-    )
+    add_service_arguments(p)
     p.add_argument("--sessions", type=int, default=1)
     p.add_argument("--wav", type=Path, default=REPO / "tests/fixtures/long.wav")
     p.add_argument(

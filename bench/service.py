@@ -7,6 +7,7 @@ Every benchmark that starts a server uses this module, and the tests may too: im
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -151,19 +152,37 @@ class Service:
             raise ServiceNotReady(f"{exc}; log: {self.log_path}") from None
 
     def stop(self, timeout_seconds: float = STOP_TIMEOUT_SECONDS) -> int | None:
-        """SIGTERM, then SIGKILL if it has not exited within `timeout_seconds`.
-
-        Returns:
-            Its exit code, or None when it had to be killed.
-        """
-        killed = False
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout_seconds)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                killed = True
+        """Stop it as `stop_process` does, and close its log."""
+        code = stop_process(self.proc, timeout_seconds)
         self._log.close()
-        return None if killed else self.proc.returncode
+        return code
+
+
+def stop_process(
+    proc: subprocess.Popen[Any], timeout_seconds: float = STOP_TIMEOUT_SECONDS
+) -> int | None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout_seconds`.
+
+    Returns:
+        Its exit code, or None when it had to be killed.
+    """
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_seconds)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return None
+    return proc.returncode
+
+
+def add_service_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--url` (a running service) and `--start-server` (the benchmark starts one on a free
+    loopback port, measures it, and stops it)."""
+    parser.add_argument("--url", default=f"http://{LOOPBACK}:8001", help="a running server")
+    parser.add_argument(
+        "--start-server",
+        action="store_true",
+        help="start `python -m isweep_backend` on a free loopback port, measure it, stop it",
+    )

@@ -15,7 +15,6 @@ import json
 import math
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ import numpy as np
 import pytest
 import yaml
 
-from bench.service import free_port
+from bench.service import free_port, stop_process
 from isweep_backend.logging import session_hash
 from tests.audio_tools import cut_blobs, encode_opus_stream
 from tests.conftest import chunk_body, load_synthetic
@@ -146,12 +145,7 @@ def running(command: list[str], log: Path, err: Path, env: dict[str, str]) -> It
     try:
         yield
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc, 30)
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ from pathlib import Path
 import aiohttp
 
 from .. import REPO
+from ..service import add_service_arguments
 from .capture import build_capture, make_plans
 from .metrics import soak_figures
 from .report import Soak, exit_status, report
@@ -58,12 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--url", default="http://127.0.0.1:8001", help="a running server")
-    p.add_argument(
-        "--start-server",
-        action="store_true",
-        help="start `python -m isweep_backend` on a free loopback port, measure it, stop it",
-    )
+    add_service_arguments(p)
     p.add_argument(
         "--sessions",
         type=int,

@@ -15,11 +15,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
-from ..client import Answer, Chunk, post_chunk, sleep_until
+from ..client import Answer, AnsweredRequest, Chunk, post_chunk, sleep_until
 from ..probes import (
     Snapshot,
     machine_busy_seconds,
@@ -42,34 +41,13 @@ DEFAULT_SESSION_TTL_SECONDS = "60"
 
 
 @dataclass
-class Record:
+class Record(AnsweredRequest):
     session: int
     attempt: int
     seq: int
     duplicate: bool
     scheduled: float  # run time the extension would have sent it
     answer: Answer  # times on the run's clock
-
-    @property
-    def sent(self) -> float:
-        return self.answer.sent
-
-    @property
-    def received(self) -> float:
-        return self.answer.received
-
-    @property
-    def rtt(self) -> float:
-        return self.answer.rtt
-
-    @property
-    def status(self) -> int | None:
-        """None: no HTTP answer (connection error, timeout)."""
-        return self.answer.status
-
-    @property
-    def ok(self) -> bool:
-        return self.answer.ok
 
     @property
     def code(self) -> str | None:
@@ -81,9 +59,6 @@ class Record:
         with contextlib.suppress(ValueError, TypeError):
             return None if self.answer.retry_after is None else float(self.answer.retry_after)
         return None
-
-    def segments(self) -> list[dict[str, Any]]:
-        return self.answer.segments()
 
     def kind(self) -> str:
         """'503 overloaded', '429 rate_limited', 'conn ClientOSError', ..."""
