@@ -136,7 +136,9 @@ def score(
 ) -> Score:
     """Lag per carried reference token (arrival - end of its audio), lost, substituted,
     invented and twice-delivered tokens. An inserted token is `twice` when a reference token
-    of the same text within `tolerance` was already carried by another delivered token."""
+    of the same text within `tolerance` was already carried by another delivered token. One
+    word spelt as two beside it ("thy self" for the reference's "thyself", or the reverse)
+    is the same speech: neither lost, invented, twice nor substituted."""
     result = Score(
         reference=sum(not t.optional for t in ref),
         delivered=len(delivered),
@@ -145,13 +147,18 @@ def score(
     result.streamed_text = " ".join(t.text for t in delivered)
     carried: set[int] = set()
     inserted: list[Token] = []
-    for i, j in align(ref, delivered, tolerance):
+    pairs = align(ref, delivered, tolerance)
+    split = split_words(pairs, ref, delivered)
+    spelt_apart = set(split.values())  # pairs that carry a word with its other half beside
+    for k, (i, j) in enumerate(pairs):
+        if k in split:
+            continue  # the other half of a word its neighbouring pair carries
         if i is not None and j is not None:
             carried.add(i)
             if ref[i].optional:
                 continue
             result.lags.append(delivered[j].at_seconds - ref[i].at_seconds)
-            if ref[i].text != delivered[j].text:
+            if ref[i].text != delivered[j].text and k not in spelt_apart:
                 result.substituted += 1
         elif i is not None and not ref[i].optional:
             result.lost.append(ref[i])
@@ -166,3 +173,39 @@ def score(
         )
         (result.twice if again else result.invented).append(token)
     return result
+
+
+def split_words(
+    pairs: Sequence[tuple[int | None, int | None]],
+    ref: Sequence[Token],
+    delivered: Sequence[Token],
+) -> dict[int, int]:
+    """Gaps in the alignment that are half of a word spelt apart on one side: the reference's
+    "thyself" delivered as "thy self" aligns "self" to "thyself" and leaves "thy" inserted;
+    "thy self" delivered as "thyself" leaves a reference token lost. Maps the index of each
+    such gap in `pairs` to the index of the pair that carries the other half."""
+    split: dict[int, int] = {}
+    for k, (i, j) in enumerate(pairs):
+        for n in (k - 1, k + 1):
+            if not 0 <= n < len(pairs) or n in split or k in split.values():
+                continue
+            pi, pj = pairs[n]
+            if pi is None or pj is None:
+                continue
+            first, second = (k, n) if k < n else (n, k)
+            if i is None and j is not None:  # a delivered token beside a carried word
+                text = _text(delivered, pairs[first][1]) + _text(delivered, pairs[second][1])
+                whole = ref[pi].text
+            elif j is None and i is not None:  # a reference token beside a carried word
+                text = _text(ref, pairs[first][0]) + _text(ref, pairs[second][0])
+                whole = delivered[pj].text
+            else:
+                continue
+            if text == whole:
+                split[k] = n
+                break
+    return split
+
+
+def _text(tokens: Sequence[Token], index: int | None) -> str:
+    return "" if index is None else tokens[index].text

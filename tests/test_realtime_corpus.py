@@ -205,3 +205,24 @@ def test_a_word_cut_by_a_restart_is_neither_lost_nor_invented() -> None:
     assert carried.reference == 2 and carried.lags == pytest.approx([1.0])
     missing = scoring.score(reference, got(("thy", 20.0, 21.0), ("flame", 21.0, 22.0)))
     assert missing.lost == [] and missing.invented == []
+
+
+def test_one_word_spelt_as_two_is_carried_not_invented_twice_or_substituted() -> None:
+    # tiny.en offline wrote "thyself"; a stream wrote "thy self" (and the other way round).
+    apart = scoring.score(
+        ref(("thyself", 26.9), ("thy", 27.2), ("foe", 27.8)),
+        got(("thy", 26.6, 28.9), ("self", 27.0, 31.0), ("thy", 27.4, 31.0), ("foe", 27.9, 31.0)),
+    )
+    assert apart.twice == [] and apart.invented == [] and apart.lost == []
+    assert apart.substituted == 0 and len(apart.lags) == 3
+    joined = scoring.score(
+        ref(("thy", 26.6), ("self", 27.0), ("foe", 27.8)),
+        got(("thyself", 27.0, 29.0), ("foe", 27.9, 31.0)),
+    )
+    assert joined.lost == [] and joined.invented == [] and joined.substituted == 0
+    # Two different words next to each other are not a split.
+    different = scoring.score(
+        ref(("thyself", 26.9), ("foe", 27.8)),
+        got(("the", 26.6, 28.9), ("self", 27.0, 31.0), ("foe", 27.9, 31.0)),
+    )
+    assert [t.text for t in different.invented] == ["the"] and different.substituted == 1
