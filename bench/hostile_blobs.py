@@ -72,7 +72,7 @@ def run_one(case: str, size: int, lift_step_budget: bool = False) -> None:
     started = time.perf_counter()
     try:
         pcm = decode.SessionDecoder().decode(blob).pcm
-        result = f"{pcm.size / 16_000:.1f} s of audio"
+        result = f"{pcm.size / decode.SAMPLE_RATE:.1f} s of audio"
     except UndecodableAudio as exc:
         result = f"refused ({exc.kind})"
     print(f"{time.perf_counter() - started:.3f} {result} [{len(blob)} bytes]")

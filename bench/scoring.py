@@ -185,27 +185,17 @@ def split_words(
     "thy self" delivered as "thyself" leaves a reference token lost. Maps the index of each
     such gap in `pairs` to the index of the pair that carries the other half."""
     split: dict[int, int] = {}
-    for k, (i, j) in enumerate(pairs):
-        for n in (k - 1, k + 1):
-            if not 0 <= n < len(pairs) or n in split or k in split.values():
+    for k in range(len(pairs) - 1):
+        for gap, pair in ((k, k + 1), (k + 1, k)):
+            (gi, gj), (pi, pj) = pairs[gap], pairs[pair]
+            if pi is None or pj is None or gap in split or pair in split.values():
                 continue
-            pi, pj = pairs[n]
-            if pi is None or pj is None:
-                continue
-            first, second = (k, n) if k < n else (n, k)
-            if i is None and j is not None:  # a delivered token beside a carried word
-                text = _text(delivered, pairs[first][1]) + _text(delivered, pairs[second][1])
-                whole = ref[pi].text
-            elif j is None and i is not None:  # a reference token beside a carried word
-                text = _text(ref, pairs[first][0]) + _text(ref, pairs[second][0])
-                whole = delivered[pj].text
+            if gi is None and gj is not None:  # a delivered token beside a carried word
+                halves, whole = [delivered[gj].text, delivered[pj].text], ref[pi].text
+            elif gj is None and gi is not None:  # a reference token beside a carried word
+                halves, whole = [ref[gi].text, ref[pi].text], delivered[pj].text
             else:
                 continue
-            if text == whole:
-                split[k] = n
-                break
+            if "".join(halves if gap < pair else halves[::-1]) == whole:
+                split[gap] = pair
     return split
-
-
-def _text(tokens: Sequence[Token], index: int | None) -> str:
-    return "" if index is None else tokens[index].text

@@ -163,7 +163,6 @@ async def test_event_loop_answers_while_a_pass_runs(make_client: ClientFactory) 
     speech = load_synthetic("long")
     blob = wav_bytes(speech.pcm[: 20 * SAMPLE_RATE])
     scheduler = service_of(client.app).scheduler
-    assert scheduler is not None
     pending = asyncio.create_task(post(client, chunk_body(blob, 0)))
     for _ in range(2000):  # until the pass has started on its executor thread
         if scheduler.running:
@@ -203,7 +202,6 @@ async def test_seq_zero_with_a_new_header_starts_a_new_timeline(
     for seq, blob in enumerate(first):
         await post(client, chunk_body(blob, seq))
     registry = service_of(client.app).registry
-    assert registry is not None
     old = registry.get(("user-1", 7))
     assert old is not None and old.ring.end > 2 * SAMPLE_RATE
     # A resent seq 0 is the same capture ...

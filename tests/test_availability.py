@@ -37,9 +37,7 @@ def words_of(body: Any) -> list[dict[str, Any]]:
 
 
 def scheduler_of(client: Client) -> PassScheduler:
-    scheduler = service_of(client.app).scheduler
-    assert scheduler is not None
-    return scheduler
+    return service_of(client.app).scheduler
 
 
 async def test_overload_clears_within_seconds_once_the_service_is_idle(

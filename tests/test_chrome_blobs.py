@@ -521,7 +521,6 @@ async def test_a_new_process_whose_first_blob_is_a_restart_header_goes_on_from_t
     client = await make_client()
     await client_post(client)(RESTART, BLOBS[RESTART], float(RESTART))
     registry = service_of(client.app).registry
-    assert registry is not None
     session = registry.get(("chrome-user", 9))
     assert session is not None
     assert session.ring.start == RESTART * SAMPLE_RATE  # not 0: no word goes backwards
@@ -534,7 +533,6 @@ async def test_a_session_evicted_mid_capture_resumes_on_the_next_blob_in_time_or
 ) -> None:
     client = await make_client(session_ttl_seconds=2.5)  # > the 2 s blobs
     registry = service_of(client.app).registry
-    assert registry is not None
     sent_at = [float(e["sent_at_seconds"]) for e in MANIFEST["blobs"]]
     post = client_post(client)
     first = words(await paced(post, BLOBS, sent_at, range(5)))

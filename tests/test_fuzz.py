@@ -132,7 +132,6 @@ class HealthySession:
 
     def wait_for_passes(self) -> None:
         registry = service_of(self.app).registry
-        assert registry is not None
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             session = registry.get(self.key)

@@ -44,7 +44,6 @@ async def test_a_thousand_idle_sessions_are_evicted_and_their_memory_returns(
     noise = (0.001 * rng.standard_normal(2 * SAMPLE_RATE)).astype(np.float32)
     first_blob = cut_blobs(encode_opus_stream(noise, SAMPLE_RATE), 1.0)[0]
     registry = service_of(client.app).registry
-    assert registry is not None
     gc.collect()
     baseline = rss_bytes()
     refs: list[weakref.ref[Session]] = []
@@ -63,7 +62,6 @@ async def test_a_thousand_idle_sessions_are_evicted_and_their_memory_returns(
     assert len(registry) == 0
     assert client.app[METRICS].sessions_evicted.labels("ttl")._value.get() == SESSIONS
     scheduler = service_of(client.app).scheduler
-    assert scheduler is not None
     for _ in range(600):  # queued passes of evicted sessions are dropped as they come up
         if scheduler.depth == 0 and scheduler.running == 0:
             break

@@ -187,7 +187,6 @@ async def test_a_stale_far_ahead_blob_through_http_does_not_replace_the_real_one
             await send(2, 7, stale)
         await send(2, seq, blob)
     registry = service_of(client.app).registry
-    assert registry is not None
     clean, attacked = registry.get(("user-1", 1)), registry.get(("user-1", 2))
     assert clean is not None and attacked is not None
     assert attacked.ring.end == clean.ring.end > 8 * 16000

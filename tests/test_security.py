@@ -120,7 +120,6 @@ async def test_new_sessions_are_shed_with_503_while_recognition_is_behind(
     )
     speech = wav_bytes(load_synthetic("long").pcm[: 12 * SAMPLE_RATE])
     scheduler = service_of(client.app).scheduler
-    assert scheduler is not None
     for tab in (1, 2, 3):  # one pass runs, the others queue behind it
         assert (
             await client.post("/asr/stream", json=chunk_body(speech, 0, tab_id=tab))
@@ -243,7 +242,6 @@ async def test_new_capture_churn_is_limited_before_it_replaces_the_session(
     assert (await client.post("/asr/stream", json=chunk_body(headers[0], 0))).status == 200
     assert (await client.post("/asr/stream", json=chunk_body(headers[1], 0))).status == 200
     registry = service_of(client.app).registry
-    assert registry is not None
     live = registry.get(("user-1", 7))
     churn = await client.post("/asr/stream", json=chunk_body(headers[0], 0))
     assert churn.status == 429 and _retry_after(churn) >= 1
